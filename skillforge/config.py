@@ -3,6 +3,7 @@
 SKILLFORGE_HOME     data home (default: the per-user data dir), holding index.sqlite, blobs/, models/
 SKILLFORGE_DB_URL   the index, any SQLAlchemy URL (default: sqlite:///<home>/index.sqlite)
 SKILLFORGE_STORE    the blob store, file://PATH or s3://bucket/prefix (default: file://<home>)
+SKILLFORGE_MODELS   converted models (default: <home>/models); lets many homes share one model copy
 """
 
 from __future__ import annotations
@@ -29,6 +30,6 @@ def store_url() -> str:
 
 
 def models_dir() -> Path:
-    path = home() / "models"
+    path = Path(os.environ["SKILLFORGE_MODELS"]) if os.environ.get("SKILLFORGE_MODELS") else home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path

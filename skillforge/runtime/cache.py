@@ -1,0 +1,96 @@
+"""A KV cache allocated once at its final length and filled in place.
+
+transformers' DynamicCache grows by concatenation, which would copy the whole assembled KV for every
+computed segment. SpliceCache preallocates [1, kv_heads, capacity, head_dim] per layer; splice writes
+reused keys/values straight into their slots and computes all missing tokens in one forward pass whose
+`update` scatters the new KV into their (non-contiguous) slots. Afterwards it behaves like an ordinary
+append-only cache, so `model.generate(..., past_key_values=cache)` continues from it. Every layer keeps
+every token (sliding windows are enforced by the attention mask, never by dropping keys), which is
+what a cache built for splicing needs.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+
+class SpliceLayer(CacheLayerMixin):
+    """One layer's preallocated keys and values; `length` slots are valid."""
+
+    is_sliding = False
+    is_croppable = True
+
+    def __init__(self, heads: int, capacity: int, k_dim: int, v_dim: int, dtype: torch.dtype, device: str | torch.device):
+        super().__init__()
+        self.keys = torch.zeros(1, heads, capacity, k_dim, dtype=dtype, device=device)
+        self.values = torch.zeros(1, heads, capacity, v_dim, dtype=dtype, device=device)
+        self.device = self.keys.device
+        self.length = 0
+        self.write_slots: torch.Tensor | None = None
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocated eagerly in __init__; nothing to do."""
+
+    def _grow(self, needed: int) -> None:
+        capacity = self.keys.shape[2]
+        if needed <= capacity:
+            return
+        new = max(needed, capacity * 2)
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            grown = old.new_zeros(*old.shape[:2], new, old.shape[3])
+            grown[:, :, :capacity] = old
+            setattr(self, name, grown)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        n = key_states.shape[-2]
+        if self.write_slots is not None:
+            slots = self.write_slots
+            self.keys.index_copy_(2, slots, key_states.to(self.keys.dtype))
+            self.values.index_copy_(2, slots, value_states.to(self.values.dtype))
+            return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+        self._grow(self.length + n)
+        self.keys[:, :, self.length : self.length + n] = key_states
+        self.values[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0:
+            self.length = max(0, self.length + tokens_to_remove)
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class SpliceCache(Cache):
+    """A cache of SpliceLayers; see the module docstring."""
+
+    def __init__(self, layers: list[SpliceLayer]):
+        super().__init__(layers=layers)
+
+    @classmethod
+    def allocate(cls, shapes: list[tuple[int, int, int]], capacity: int, dtype: torch.dtype, device: str | torch.device) -> "SpliceCache":
+        """shapes[i] = (kv_heads, key_dim, value_dim) of layer i."""
+        return cls([SpliceLayer(h, capacity, kd, vd, dtype, device) for h, kd, vd in shapes])
+
+    def set_length(self, length: int) -> None:
+        for layer in self.layers:
+            layer._grow(length)
+            layer.length = length
+
+    def scatter_next_update(self, slots: torch.Tensor | None) -> None:
+        """Make the next forward write its KV into `slots` (sorted positions) instead of appending."""
+        for layer in self.layers:
+            layer.write_slots = slots

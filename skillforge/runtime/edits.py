@@ -1,0 +1,132 @@
+"""Editing a compiled skill's fields without re-prefilling it (the method from the research).
+
+During prefill a model writes field-conditioned conclusions into the tokens *after* the field, so
+rewriting the field's own KV alone leaves it acting on the old value. Modes:
+  in-place       recompute the field's tokens in place (exact: they attend only to the unchanged
+                 prefix); same token length only.
+  erratum        keep the skill as compiled and append one salient override line after the skills.
+  field+erratum  both (default); a value of another token length is re-rendered and its tokens
+                 computed, the rest of the skill moves by re-rotation.
+  recompute      re-prefill the skill with the new value (the oracle, for measurement).
+  auto           in-place when its next-token decision equals field+erratum's, else field+erratum.
+Only the current value gets an erratum: every splice starts again from the compiled artifact, so
+changing a field twice never stacks history (A -> B -> A is just A, with no erratum at all).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from skillforge.errors import EditError
+from skillforge.manifest import Manifest, validate_value
+from skillforge.refs import parse_field_assignment
+
+if TYPE_CHECKING:
+    from skillforge.runtime.splice import Resolved
+
+MODES = ("auto", "field+erratum", "erratum", "in-place", "recompute")
+DEFAULT_ERRATUM = (
+    "[STATE UPDATE] {label} has changed to {value}; this overrides any earlier value and any earlier "
+    "conclusion. Apply the current value."
+)
+
+
+@dataclass
+class EditPlan:
+    skills: list["Resolved"]
+    texts: list[str]
+    errata: list[str] = field(default_factory=list)
+    report: list[dict] = field(default_factory=list)
+
+
+def group_assignments(assignments: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{"skill.field": value} -> {skill: {field: value}} (validated names)."""
+    grouped: dict[str, dict[str, str]] = {}
+    for key, value in assignments.items():
+        skill, name, value = parse_field_assignment(f"{key}={value}")
+        grouped.setdefault(skill, {})[name] = value
+    return grouped
+
+
+def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, str], mode: str,
+               erratum_template: str = DEFAULT_ERRATUM) -> EditPlan:
+    """Texts to place in the prompt, errata to append, and artifacts to use, for the requested edits."""
+    from skillforge.compile import compile_skill
+    from skillforge.runtime.splice import Resolved
+
+    if mode not in MODES:
+        raise EditError(f"unknown edit mode {mode!r}; choose one of {', '.join(MODES)}")
+    plan = EditPlan(skills=list(resolved), texts=[r.meta.text for r in resolved])
+    grouped = group_assignments(assignments)
+    names = [r.meta.skill for r in resolved]
+    for skill in grouped:
+        if skill not in names:
+            raise EditError(f"--set names skill {skill!r}, which is not in this context (skills: {', '.join(names) or 'none'})")
+    tok = runtime.lm.tokenizer
+    for i, r in enumerate(resolved):
+        edits = grouped.get(r.meta.skill)
+        if not edits:
+            continue
+        manifest = Manifest.from_dict(r.meta.extra["manifest"], source=f"{r.meta.skill}@{r.meta.version}")
+        for name, value in edits.items():
+            if name not in manifest.fields:
+                raise EditError(f"skill {r.meta.skill} has no field {name!r} (fields: {', '.join(manifest.fields) or 'none'})")
+            validate_value(r.meta.skill, name, value)
+        changed = {k: v for k, v in edits.items() if v != r.meta.field_values.get(k)}
+        if not changed:
+            continue
+        values = {**r.meta.field_values, **changed}
+        new_text = manifest.render(values).text
+        errata = [erratum_template.format(label=manifest.fields[k].label, value=v, field=k) for k, v in changed.items()]
+        effective = mode
+        if mode == "in-place":
+            _check_same_length(tok, r, changed)
+        if mode == "recompute":
+            meta, kv = compile_skill(runtime.lm, manifest, values, anchor=list(r.meta.anchor_ids))
+            plan.skills[i] = Resolved(meta, kv, None)
+            plan.texts[i] = new_text
+        elif mode in ("in-place", "field+erratum", "auto"):
+            plan.texts[i] = new_text
+        if mode in ("erratum", "field+erratum", "auto"):
+            plan.errata.extend(errata)
+        spans = manifest.render(values).spans if effective != "erratum" else []
+        for n, (k, v) in enumerate(changed.items()):
+            plan.report.append({
+                "skill": r.meta.skill, "field": k, "old": r.meta.field_values.get(k), "new": v, "mode": effective,
+                # resolved to token counts by the splice, which knows what it computed
+                "_skill": i,
+                "_spans": [(a, b) for name, a, b in spans if name == k] if effective != "recompute" else None,
+                "_erratum": len(plan.errata) - len(errata) + n if effective != "in-place" and effective != "recompute" else None,
+            })
+    return plan
+
+
+def count_edit_tokens(plan: EditPlan, prompt: Any, computed: Any) -> list[dict]:
+    """Fill each report entry's tokens_computed from the prompt positions the splice computed."""
+    out = []
+    for entry in plan.report:
+        i = entry["_skill"]
+        if entry["_spans"] is None:
+            n = len(plan.skills[i].meta.token_ids)
+        else:
+            base = prompt.skill_spans[i][0]
+            n = 0
+            for a, b in entry["_spans"]:
+                n += sum(1 for p in prompt.tokens_overlapping(base + a, base + b) if computed[p])
+            if entry["_erratum"] is not None:
+                n += len(prompt.tokens_within(*prompt.errata_spans[entry["_erratum"]]))
+        out.append({k: v for k, v in entry.items() if not k.startswith("_")} | {"tokens_computed": n})
+    return out
+
+
+def _check_same_length(tok: Any, r: "Resolved", changed: dict[str, str]) -> None:
+    for k, v in changed.items():
+        old = r.meta.field_values[k]
+        n_old = len(tok(" " + old, add_special_tokens=False)["input_ids"])
+        n_new = len(tok(" " + v, add_special_tokens=False)["input_ids"])
+        if n_old != n_new:
+            raise EditError(
+                f"in-place edit of {r.meta.skill}.{k} needs a value of the same token length: "
+                f"{old!r} is {n_old} tokens, {v!r} is {n_new}; use --edit-mode field+erratum"
+            )

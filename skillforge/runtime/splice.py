@@ -1,0 +1,256 @@
+"""Splice compiled skills into a new context: re-rotate, assemble one cache, compute only what is missing.
+
+    rt = Runtime(load_model("smollm2-135m"))
+    result = rt.splice(Context(skills=["refund-desk"], system="...", user="..."))
+    out = lm.model.generate(result.input_ids, past_key_values=result.cache, max_new_tokens=64)
+
+Steps: (1) resolve each skill to an artifact compiled for this model's fingerprint (digest verified on
+load; recently used ones stay in memory); (2) render and tokenize the prompt exactly as transformers
+would and align each skill's tokens with it; (3) allocate one cache at its final length and write
+every reused key, rotated from its compile position to its new one, and every value into its slot;
+(4) choose the tokens to recompute: every token no artifact covers (template pieces, system and user
+text, boundary tokens that tokenized differently) plus the repair set; (5) compute them all in one
+forward pass against the assembled cache. The last prompt token is left for the caller's first
+decoding step, so the result plugs into `model.generate`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from skillforge.artifact import ArtifactMeta
+from skillforge.errors import ArtifactMismatch, ContextTooLong
+from skillforge.model.loader import LoadedModel
+from skillforge.rope import RopeSpec, rope_spec
+from skillforge.runtime.cache import SpliceCache
+from skillforge.runtime.hotcache import HotCache
+from skillforge.runtime.layout import Prompt, align, build_prompt
+from skillforge.runtime.masks import scattered_mask
+from skillforge.runtime.repair import Repair, select_repair
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+DEFAULT_HOT_BYTES = int(os.environ.get("SKILLFORGE_HOT_CACHE_BYTES", 2 << 30))
+
+
+@dataclass
+class Resolved:
+    """A skill ready to splice: its artifact's metadata and KV, and the text it stands for."""
+
+    meta: ArtifactMeta
+    kv: KV
+    digest: str | None = None
+
+
+@dataclass
+class Context:
+    """What the prompt is made of (the layout contract is in runtime/layout.py)."""
+
+    skills: list[str] = field(default_factory=list)
+    system: str = ""
+    user: str = ""
+    raw: bool = False
+    set: dict[str, str] = field(default_factory=dict)  # "skill.field" -> value
+
+
+@dataclass
+class SpliceResult:
+    """An assembled cache covering every prompt token but the last, and how it was made."""
+
+    cache: SpliceCache
+    input_ids: torch.Tensor
+    prompt: Prompt
+    reused: int
+    computed: int
+    repaired: int
+    skill_tokens: int
+    artifacts: list[str]
+    edits: list[dict] = field(default_factory=list)
+    splice_ms: float = 0.0
+
+
+def check_fingerprint(meta: ArtifactMeta, lm: LoadedModel, where: str) -> None:
+    if meta.fingerprint != lm.fingerprint.digest:
+        raise ArtifactMismatch(
+            f"{where} ({meta.skill}@{meta.version}) was compiled for model {meta.fingerprint}, "
+            f"this model ({lm.name}) is {lm.fingerprint.digest}; run skillforge compile for this model"
+        )
+
+
+class Runtime:
+    """Splices artifacts for one loaded model. Holds the hot cache; reuse one Runtime per process."""
+
+    def __init__(self, lm: LoadedModel, registry: Any = None, store: Any = None, hot_bytes: int = DEFAULT_HOT_BYTES, repair: Repair | None = None):
+        self.lm = lm
+        self.registry = registry
+        self.store = store
+        self.hot = HotCache(hot_bytes)
+        self.repair = repair or Repair()
+        self.rope: RopeSpec = rope_spec(lm.model)
+        self._shapes: list[tuple[int, int, int]] | None = None
+
+    # -- artifacts ---------------------------------------------------------------------------------
+    def resolve(self, ref: str) -> Resolved:
+        """`name`, `name@version` or `name@sha256:...` -> artifact for this model (hot cache first)."""
+        from skillforge import artifact
+        from skillforge.refs import SkillRef
+
+        if self.registry is None or self.store is None:
+            raise ArtifactMismatch("this Runtime has no registry; pass resolved artifacts to splice()")
+        r = SkillRef.parse(ref)
+        row = self.registry.find_artifact(r.name, self.lm.fingerprint.digest, version=r.version, digest=r.digest)
+        hit = self.hot.get(row.digest)
+        if hit is not None:
+            return hit
+        path = self.store.local_path(row.digest)  # verifies the digest
+        meta, kv = artifact.load(path)
+        check_fingerprint(meta, self.lm, row.digest)
+        device = self.lm.model.device
+        kv = [(k.to(device).clone(), v.to(device).clone()) for k, v in kv]  # materialize: no disk on the next hit
+        resolved = Resolved(meta, kv, row.digest)
+        self.hot.put(row.digest, resolved, sum(k.nbytes + v.nbytes for k, v in kv))
+        return resolved
+
+    def layer_shapes(self) -> list[tuple[int, int, int]]:
+        """(kv_heads, key_dim, value_dim) per layer, read once from a one-token forward."""
+        if self._shapes is None:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            with torch.no_grad():
+                ids = torch.tensor([[self.lm.tokenizer.eos_token_id or 0]], device=self.lm.model.device)
+                self.lm.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._shapes = [(l.keys.shape[1], l.keys.shape[3], l.values.shape[3]) for l in cache.layers]
+        return self._shapes
+
+    # -- splice ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def splice(self, context: Context, skills: list[Resolved] | None = None, repair: Repair | None = None,
+               edit_mode: str = "field+erratum", rotate: bool = True, extra_capacity: int = 256) -> SpliceResult:
+        """Assemble the cache for `context`. `skills` overrides resolution (already loaded artifacts)."""
+        from skillforge.runtime.edits import count_edit_tokens, plan_edits
+
+        t0 = time.perf_counter()
+        repair = repair or self.repair
+        resolved = skills if skills is not None else [self.resolve(s) for s in context.skills]
+        for r in resolved:
+            check_fingerprint(r.meta, self.lm, r.digest or "artifact")
+        edit = plan_edits(self, resolved, context.set, edit_mode)
+        resolved = edit.skills
+        prompt = build_prompt(self.lm.tokenizer, context.system, edit.texts, context.user, context.raw, edit.errata)
+        L = len(prompt.ids)
+        if L + 1 > self.lm.max_positions:
+            raise ContextTooLong(f"the prompt is {L} tokens; {self.lm.name} allows {self.lm.max_positions}")
+        device = self.lm.model.device
+        dtype = next(self.lm.model.parameters()).dtype
+        cache = SpliceCache.allocate(self.layer_shapes(), L + extra_capacity, dtype, device)
+
+        # Plan: which context positions come from which artifact token.
+        reuse: list[tuple[int, list[tuple[int, int, int]]]] = []  # (skill index, [(art_start, ctx_start, n)])
+        reused = torch.zeros(L, dtype=torch.bool)
+        skill_positions: list[list[int]] = []
+        for i, (r, (cs, ce)) in enumerate(zip(resolved, prompt.skill_spans)):
+            pos = prompt.tokens_within(cs, ce)
+            ctx_ids = [prompt.ids[p] for p in pos]
+            blocks = [(b.art_start, pos[0] + b.ctx_start, b.length) for b in align(r.meta.token_ids, ctx_ids)]
+            blocks = [(a, c, min(n, L - 1 - c)) for a, c, n in blocks if c < L - 1]
+            for a, c, n in blocks:
+                reused[c : c + n] = True
+            reuse.append((i, blocks))
+            skill_positions.append(pos)
+        skill_tokens = sum(len(p) for p in skill_positions)
+        # Assemble: rotate and write reused K/V straight into their slots.
+        for i, blocks in reuse:
+            kv = resolved[i].kv
+            for a, c, n in blocks:
+                self._write_block(cache, kv, resolved[i].meta.offset + a, a, c, n, rotate)
+        edits = count_edit_tokens(edit, prompt, ~reused)
+        chosen = select_repair(self, repair, prompt, resolved, reuse, reused, cache) if rotate else set()
+        for p in chosen:
+            reused[p] = False
+
+        # Compute every other token but the last in one pass against the assembled cache.
+        compute = (~reused[: L - 1]).nonzero().flatten()
+        cache.set_length(L - 1)
+        if compute.numel():
+            ids = torch.tensor(prompt.ids, device=device)
+            q = compute.to(device)
+            cache.scatter_next_update(q)
+            try:
+                self.lm.model(input_ids=ids[q][None], position_ids=q[None],
+                              attention_mask=scattered_mask(self.lm.config.get_text_config(), q, L - 1, dtype),
+                              past_key_values=cache, use_cache=True, logits_to_keep=1)
+            finally:
+                cache.scatter_next_update(None)
+        n_reused = int(reused[: L - 1].sum())
+        return SpliceResult(
+            cache=cache,
+            input_ids=torch.tensor([prompt.ids], device=device),
+            prompt=prompt,
+            reused=n_reused,
+            computed=L - n_reused,
+            repaired=len(chosen),
+            skill_tokens=skill_tokens,
+            artifacts=[r.digest for r in resolved if r.digest],
+            edits=edits,
+            splice_ms=(time.perf_counter() - t0) * 1000,
+        )
+
+    def _write_block(self, cache: SpliceCache, kv: KV, src0: int, a: int, c: int, n: int, rotate: bool) -> None:
+        """Write artifact tokens a..a+n (compiled at src0..) into slots c..c+n, rotating keys by the move."""
+        device = cache.layers[0].keys.device
+        src = torch.arange(src0, src0 + n)
+        dst = torch.arange(c, c + n)
+        moved = rotate and src0 != c
+        trig: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for layer, (k, v) in enumerate(kv):
+            ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
+            if moved:
+                freq = self.rope.layers[layer].inv_freq
+                key = id(freq)
+                if key not in trig:
+                    cos, sin = self.rope.angle_delta(layer, src, dst)
+                    trig[key] = (cos.to(device), sin.to(device))
+                self.rope.shift(layer, k[:, a : a + n].to(device), *trig[key], out=ck[:, c : c + n])
+            else:
+                ck[:, c : c + n] = k[:, a : a + n]
+            cv[:, c : c + n] = v[:, a : a + n]
+
+    @torch.no_grad()
+    def next_logits(self, result: SpliceResult) -> torch.Tensor:
+        """Feed the last prompt token (the first decoding step) -> next-token logits [vocab] (float32)."""
+        L = result.input_ids.shape[1]
+        pos = torch.tensor([[L - 1]], device=result.input_ids.device)
+        out = self.lm.model(input_ids=result.input_ids[:, -1:], position_ids=pos, past_key_values=result.cache,
+                            use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float()
+
+    @torch.no_grad()
+    def generate(self, result: SpliceResult, max_new_tokens: int = 64) -> tuple[list[int], float]:
+        """Greedy decoding from a splice -> (new token ids, time to first token in ms incl. the splice)."""
+        t0 = time.perf_counter()
+        logits = self.next_logits(result)
+        ttft = result.splice_ms + (time.perf_counter() - t0) * 1000
+        eos = set(_as_list(self.lm.model.generation_config.eos_token_id) + _as_list(self.lm.tokenizer.eos_token_id))
+        out: list[int] = []
+        L = result.input_ids.shape[1]
+        device = result.input_ids.device
+        for step in range(max_new_tokens):
+            tok = int(logits.argmax())
+            out.append(tok)
+            if tok in eos or step == max_new_tokens - 1:
+                break
+            o = self.lm.model(input_ids=torch.tensor([[tok]], device=device), position_ids=torch.tensor([[L + step]], device=device),
+                              past_key_values=result.cache, use_cache=True, logits_to_keep=1)
+            logits = o.logits[0, -1]
+        return out, ttft
+
+
+def _as_list(x: Any) -> list[int]:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [int(x)]
