@@ -137,6 +137,8 @@ class Runtime:
         t0 = time.perf_counter()
         repair = repair or self.repair
         resolved = skills if skills is not None else [self.resolve(s) for s in context.skills]
+        if edit_mode == "auto" and context.set:
+            return self._splice_auto(context, resolved, repair, t0)
         for r in resolved:
             check_fingerprint(r.meta, self.lm, r.digest or "artifact")
         edit = plan_edits(self, resolved, context.set, edit_mode)
@@ -199,6 +201,27 @@ class Runtime:
             edits=edits,
             splice_ms=(time.perf_counter() - t0) * 1000,
         )
+
+    def _splice_auto(self, context: Context, resolved: list[Resolved], repair: Repair, t0: float) -> SpliceResult:
+        """Pick in-place when its next-token decision equals field+erratum's, else field+erratum."""
+        from skillforge.errors import EditError
+
+        full = self.splice(context, resolved, repair, edit_mode="field+erratum")
+        full_top = int(self.next_logits(full).argmax())
+        full.cache.crop(-1)  # undo the diagnostic step: the result again ends before the last token
+        try:
+            inplace = self.splice(context, resolved, repair, edit_mode="in-place")
+        except EditError:
+            picked = full
+        else:
+            picked = inplace if int(self.next_logits(inplace).argmax()) == full_top else full
+            if picked is inplace:
+                inplace.cache.crop(-1)
+        mode = "in-place" if picked is not full else "field+erratum"
+        for e in picked.edits:
+            e["mode"] = f"auto:{mode}"
+        picked.splice_ms = (time.perf_counter() - t0) * 1000
+        return picked
 
     def _write_block(self, cache: SpliceCache, kv: KV, src0: int, a: int, c: int, n: int, rotate: bool) -> None:
         """Write artifact tokens a..a+n (compiled at src0..) into slots c..c+n, rotating keys by the move."""

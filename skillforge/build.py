@@ -1,0 +1,65 @@
+"""Compile manifests into the registry: skip what exists, write each artifact atomically, index it.
+
+Kept apart from compile.py (pure model work) and the store/registry (no torch): this is the glue the
+CLI and the Python API share. An interrupted compile leaves at most an unreferenced temp file or blob
+(never a half-written visible one, never an index row without its blob); `skillforge gc` sweeps it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from skillforge import artifact
+from skillforge.compile import compile_skill, resolve_anchor
+from skillforge.manifest import Manifest
+from skillforge.model.loader import LoadedModel
+
+
+@dataclass
+class CompileOutcome:
+    name: str
+    version: str
+    digest: str
+    tokens: int
+    bytes: int
+    created: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any, store: Any, anchor: str = "template",
+                      on_done: Callable[[CompileOutcome], None] | None = None) -> list[CompileOutcome]:
+    """Compile every manifest not yet compiled for this model and anchor; idempotent."""
+    from skillforge.artifact import anchor_digest
+    from skillforge.errors import NotFound
+
+    anchor_ids = resolve_anchor(lm, anchor)
+    a_digest = anchor_digest(anchor_ids)
+    outcomes = []
+    for m in manifests:
+        rendered = m.render()
+        registry.record_skill_version(m.name, m.version, rendered.digest, m.description, m.to_dict())
+        try:
+            row = registry.find_artifact(m.name, lm.fingerprint.digest, version=m.version, anchor_digest=a_digest)
+            outcome = CompileOutcome(m.name, m.version, row.digest, row.tokens, row.bytes, False)
+        except NotFound:
+            meta, kv = compile_skill(lm, m, anchor=anchor_ids)
+            staging = Path(tempfile.mkdtemp(prefix="skillforge-compile-"))
+            try:
+                path = staging / "artifact.safetensors"
+                artifact.save(path, meta, kv)
+                digest, size = store.put_file(path)
+            finally:
+                for p in staging.iterdir():
+                    p.unlink()
+                staging.rmdir()
+            registry.record_artifact(meta, digest, size)
+            outcome = CompileOutcome(m.name, m.version, digest, meta.tokens, size, True)
+        outcomes.append(outcome)
+        if on_done:
+            on_done(outcome)
+    return outcomes

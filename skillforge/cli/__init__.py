@@ -1,0 +1,1 @@
+"""The `skillforge` command line: one thin module per command group."""

@@ -1,0 +1,36 @@
+"""`skillforge compile PATH --model M`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, emit, info, load, open_registry, open_store, table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compile")
+    def compile_(path: Path = typer.Argument(..., help="a skill folder, its skill.toml, or a folder of skill folders"),
+                 model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+                 anchor: str = typer.Option("template", help="template (the chat template's system prefix) or none"),
+                 as_json: bool = JsonOpt) -> None:
+        """Prefill each skill into a KV artifact for MODEL; skills already compiled are skipped."""
+        from tqdm import tqdm
+
+        from skillforge.build import compile_manifests
+        from skillforge.manifest import discover
+
+        manifests = discover(path)
+        if not manifests:
+            info(f"no skills found under {path}")
+        registry, store = open_registry(), open_store()
+        lm = load(model, device, dtype)
+        with tqdm(total=len(manifests), desc="compiling", unit="skill", disable=len(manifests) < 2) as bar:
+            def done(o):
+                bar.update(1)
+                info(f"{'compiled' if o.created else 'already compiled'}: {o.name}@{o.version} ({o.tokens} tokens, {o.digest[:19]})")
+            outcomes = compile_manifests(lm, manifests, registry, store, anchor=anchor, on_done=done)
+        rows = [o.to_dict() for o in outcomes]
+        emit({"model": model, "fingerprint": lm.fingerprint.digest, "artifacts": rows}, as_json,
+             table(rows, ["name", "version", "tokens", "bytes", "created", "digest"]))

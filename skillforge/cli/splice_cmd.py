@@ -1,0 +1,44 @@
+"""`skillforge splice`: compiled skills + system/user text -> generated answer."""
+
+from __future__ import annotations
+
+import typer
+
+from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, emit, info, load, open_registry, open_store
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def splice(skill: list[str] = typer.Option([], "--skill", "-s", help="name, name@version or name@sha256:... (repeatable, in order)"),
+               system: str = typer.Option("", "--system", help="system text, placed before the skills"),
+               user: str = typer.Option(..., "--user", help="the user message"),
+               model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
+               max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+               seam: int = typer.Option(None, "--seam", help="recompute the first K tokens of each skill that follows other text"),
+               repair: str = typer.Option(None, "--repair", help="seam (default), none, or blend:<ratio>"),
+               set_: list[str] = typer.Option([], "--set", help="skill.field=value (repeatable)"),
+               edit_mode: str = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute"),
+               raw: bool = typer.Option(False, "--raw", help="no chat template (base models)"),
+               as_json: bool = JsonOpt) -> None:
+        """Splice compiled skills into a new context and generate."""
+        from skillforge.errors import BadReference
+        from skillforge.runtime import Context, Repair, Runtime
+
+        assignments = {}
+        for item in set_:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise BadReference(f"invalid --set {item!r}: expected <skill>.<field>=<value>")
+            assignments[key.strip()] = value
+        lm = load(model, device, dtype)
+        rt = Runtime(lm, open_registry(), open_store(), repair=Repair.parse(seam, repair))
+        ctx = Context(skills=skill, system=system, user=user, raw=raw, set=assignments)
+        result = rt.splice(ctx, edit_mode=edit_mode, extra_capacity=max_new_tokens + 1)
+        tokens, ttft = rt.generate(result, max_new_tokens)
+        text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
+        doc = {"text": text, "ttft_ms": round(ttft, 1), "tokens_reused": result.reused, "tokens_computed": result.computed,
+               "seam_tokens": result.repaired, "artifacts": result.artifacts}
+        if result.edits:
+            doc["edits"] = result.edits
+        info(f"reused {result.reused} tokens, computed {result.computed}, time to first token {ttft:.0f} ms")
+        emit(doc, as_json, text)
