@@ -64,7 +64,7 @@ def prefill(lm: LoadedModel, ids: list[int]) -> list[tuple[torch.Tensor, torch.T
     device = lm.model.device
     input_ids = torch.tensor([ids], device=device)
     cache = DynamicCache()  # no config: full layers that keep every token, even for sliding-window models
-    lm.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), past_key_values=cache,
+    lm.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), cache=cache,
              use_cache=True, logits_to_keep=1)
     return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
 

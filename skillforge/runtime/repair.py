@@ -111,7 +111,7 @@ def _deviating(runtime: Any, layer: int, prompt: "Prompt", candidates: list[int]
     ids = torch.tensor([prompt.ids[: L - 1]], device=model.device)
     probe = _ProbeCache(layer)
     try:
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), past_key_values=probe, use_cache=True, logits_to_keep=1)
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=probe, use_cache=True, logits_to_keep=1)
     except _Stop:
         pass
     fresh = probe.keys[0]  # [heads, L-1, dim]

@@ -123,7 +123,7 @@ class Runtime:
             cache = DynamicCache()
             with torch.no_grad():
                 ids = torch.tensor([[self.lm.tokenizer.eos_token_id or 0]], device=self.lm.model.device)
-                self.lm.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                self.lm.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             self._shapes = [(l.keys.shape[1], l.keys.shape[3], l.values.shape[3]) for l in cache.layers]
         return self._shapes
 
@@ -185,7 +185,7 @@ class Runtime:
             try:
                 self.lm.model(input_ids=ids[q][None], position_ids=q[None],
                               attention_mask=scattered_mask(self.lm.config.get_text_config(), q, L - 1, dtype),
-                              past_key_values=cache, use_cache=True, logits_to_keep=1)
+                              cache=cache, use_cache=True, logits_to_keep=1)
             finally:
                 cache.scatter_next_update(None)
         n_reused = int(reused[: L - 1].sum())
@@ -248,7 +248,7 @@ class Runtime:
         """Feed the last prompt token (the first decoding step) -> next-token logits [vocab] (float32)."""
         L = result.input_ids.shape[1]
         pos = torch.tensor([[L - 1]], device=result.input_ids.device)
-        out = self.lm.model(input_ids=result.input_ids[:, -1:], position_ids=pos, past_key_values=result.cache,
+        out = self.lm.model(input_ids=result.input_ids[:, -1:], position_ids=pos, cache=result.cache,
                             use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].float()
 
@@ -268,7 +268,7 @@ class Runtime:
             if tok in eos or step == max_new_tokens - 1:
                 break
             o = self.lm.model(input_ids=torch.tensor([[tok]], device=device), position_ids=torch.tensor([[L + step]], device=device),
-                              past_key_values=result.cache, use_cache=True, logits_to_keep=1)
+                              cache=result.cache, use_cache=True, logits_to_keep=1)
             logits = o.logits[0, -1]
         return out, ttft
 

@@ -1,0 +1,652 @@
+"""How close is a splice to a full recompute, and how much faster is it: `skillforge eval` and `bench`.
+
+Eval compares, case by case, the next-token distribution and the greedy continuation of
+  full     a plain prefill of exactly the prompt tokens a transformers user gets from
+           `apply_chat_template(messages, add_generation_prompt=True)` (asserted), and
+  splice   Runtime.splice + next_logits (+ Runtime.generate for the continuation).
+For cases with `set` (field edits) the reference ("oracle") is a full prefill of the prompt with the
+new values rendered into the skill text (no erratum); the edit mode's splice is compared with it, and
+so is a *stale* splice that ignores the edit, which gives `recovery` = 1 - KL(oracle||mode) /
+KL(oracle||stale): the share of the edit's effect on the next-token distribution that the mode gets
+back. The unedited prompt is also prefilled once, to tell whether the oracle's decision flips at all.
+
+Baselines: `no-rotation` splices keys at their compile positions (rotate=False, no repair);
+`plain` uses artifacts compiled without an anchor (compiled in memory, once per process) and no seam.
+
+Bench times, for synthetic skills of N tokens, a full prefill of the whole prompt against a splice
+reading the artifact from the store (page cache warm, hot cache empty), a splice from the hot cache,
+and a floor: only the forward over the tokens a splice must compute anyway (template pieces, system
+and user text, seam), as one contiguous suffix against an already assembled cache, plus nothing else.
+
+Timings are wall-clock medians on whatever machine runs this; on a shared CPU they are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+from skillforge.errors import SkillforgeError
+
+GREEDY_TOKENS = 16
+BASELINES = ("no-rotation", "plain")
+CASE_KEYS = ("id", "skills", "system", "user", "set", "raw", "note")
+BENCH_SYSTEM = "You are a helpful assistant."
+BENCH_USER = "Summarize the most important rule above in one sentence."
+
+Progress = Callable[[str], None] | None
+
+
+class CaseError(SkillforgeError):
+    """An eval case file is malformed; the message names the file and line."""
+
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics (float64, on 1-D logit vectors)
+
+
+def logit_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two logit vectors."""
+    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    return float(torch.dot(a, b) / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """KL(softmax(p) || softmax(q)) in nats, computed in float64."""
+    lp = torch.log_softmax(p_logits.detach().double().flatten(), dim=-1)
+    lq = torch.log_softmax(q_logits.detach().double().flatten(), dim=-1)
+    return max(0.0, float((lp.exp() * (lp - lq)).sum()))
+
+
+def top1(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Do both vectors pick the same next token?"""
+    return int(a.argmax()) == int(b.argmax())
+
+
+def recovery(kl_mode: float, kl_stale: float) -> float:
+    """1 - kl_mode / kl_stale: share of the stale splice's divergence that the edit mode removes."""
+    if kl_stale == 0:
+        return 1.0 if kl_mode == 0 else 0.0
+    return 1.0 - kl_mode / kl_stale
+
+
+def first_word(text: str) -> str:
+    """The first word of a generation, lowercased, punctuation stripped ("No." -> "no")."""
+    for word in text.split():
+        w = re.sub(r"[^\w]", "", word.lower())
+        if w:
+            return w
+    return ""
+
+
+def _median(xs: list[float]) -> float | None:
+    return round(statistics.median(xs), 2) if xs else None
+
+
+def _mean(xs: list[float]) -> float | None:
+    return statistics.fmean(xs) if xs else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Cases
+
+
+@dataclass
+class Case:
+    id: str
+    skills: list[str]
+    user: str
+    system: str = ""
+    set: dict[str, str] = field(default_factory=dict)
+    raw: bool = False
+    note: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "case") -> "Case":
+        if not isinstance(data, dict):
+            raise CaseError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        unknown = [k for k in data if k not in CASE_KEYS]
+        if unknown:
+            raise CaseError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(CASE_KEYS)})")
+        for key in ("id", "skills", "user"):
+            if key not in data:
+                raise CaseError(f"{where}: missing required key {key!r}")
+        cid, skills, user = data["id"], data["skills"], data["user"]
+        if not isinstance(cid, str) or not cid:
+            raise CaseError(f"{where}: 'id' must be a non-empty string")
+        if not isinstance(skills, list) or not skills or not all(isinstance(s, str) and s for s in skills):
+            raise CaseError(f"{where}: 'skills' must be a non-empty list of skill references")
+        for key in ("user", "system", "note"):
+            if key in data and not isinstance(data[key], str):
+                raise CaseError(f"{where}: {key!r} must be a string")
+        if not isinstance(data.get("raw", False), bool):
+            raise CaseError(f"{where}: 'raw' must be true or false")
+        assignments = data.get("set", {})
+        if not isinstance(assignments, dict) or not all(isinstance(v, str) for v in assignments.values()):
+            raise CaseError(f"{where}: 'set' must map \"skill.field\" to a string value")
+        names = [s.split("@", 1)[0] for s in skills]
+        for key in assignments:
+            skill, dot, fname = key.partition(".")
+            if not dot or not fname:
+                raise CaseError(f"{where}: 'set' key {key!r} must look like skill.field")
+            if skill not in names:
+                raise CaseError(f"{where}: 'set' names skill {skill!r}, which is not in this case's skills ({', '.join(names)})")
+        return cls(id=cid, skills=list(skills), user=user, system=data.get("system", ""), set=dict(assignments),
+                   raw=data.get("raw", False), note=data.get("note", ""))
+
+
+def parse_cases(lines: Iterable[str], source: str = "cases") -> list[Case]:
+    """JSON Lines -> cases (blank lines skipped). Errors name `source:line`."""
+    cases: list[Case] = []
+    seen: dict[str, int] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{source}:{n}"
+        try:
+            data = json.loads(line)
+        except ValueError as exc:
+            raise CaseError(f"{where}: not valid JSON ({exc})") from None
+        case = Case.from_dict(data, where)
+        if case.id in seen:
+            raise CaseError(f"{where}: duplicate case id {case.id!r} (first on line {seen[case.id]})")
+        seen[case.id] = n
+        cases.append(case)
+    return cases
+
+
+def load_cases(path: str | Path) -> list[Case]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        from skillforge.errors import NotFound
+
+        raise NotFound(f"cannot read eval cases {path}: {exc.strerror or exc}") from None
+    return parse_cases(text.splitlines(), str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Artifacts: from a registry/store, or compiled in memory (cached per process)
+
+_MEMORY: dict[tuple, Any] = {}
+_FULL: dict[tuple, tuple[torch.Tensor, list[int], float]] = {}
+_FULL_MAX = 1024
+
+
+def _compiled(lm: Any, manifest: Any, anchor: str) -> Any:
+    """A Resolved for `manifest` (default values) compiled in memory behind `anchor`; cached."""
+    from skillforge.compile import compile_skill
+    from skillforge.runtime import Resolved
+
+    key = (lm.fingerprint.digest, manifest.name, manifest.version, manifest.render().digest, anchor)
+    if key not in _MEMORY:
+        meta, kv = compile_skill(lm, manifest, anchor=anchor)
+        _MEMORY[key] = Resolved(meta, kv, None)
+    return _MEMORY[key]
+
+
+def manifest_of(resolved: Any) -> Any:
+    from skillforge.manifest import Manifest
+
+    meta = resolved.meta
+    return Manifest.from_dict(meta.extra["manifest"], source=f"{meta.skill}@{meta.version}")
+
+
+class _Skills:
+    """Ref -> Resolved, from in-memory manifests or the runtime's registry; `plain` -> anchor none."""
+
+    def __init__(self, lm: Any, rt: Any, manifests: list[Any] | None, plain: bool):
+        self.lm, self.rt, self.plain = lm, rt, plain
+        self.manifests = {}
+        for m in manifests or []:
+            self.manifests[m.name] = max(self.manifests.get(m.name, m), m, key=lambda x: _vkey(x.version))
+            self.manifests[m.ref] = m
+
+    def get(self, ref: str) -> Any:
+        if self.manifests:
+            if ref not in self.manifests:
+                from skillforge.errors import NotFound
+
+                raise NotFound(f"eval case needs skill {ref!r}, which is not among the given skills ({', '.join(sorted(self.manifests))})")
+            resolved = _compiled(self.lm, self.manifests[ref], "template")
+        else:
+            resolved = self.rt.resolve(ref)
+        if self.plain:
+            resolved = _compiled(self.lm, manifest_of(resolved), "none")
+        return resolved
+
+
+def _vkey(version: str) -> Any:
+    from skillforge.refs import version_key
+
+    return version_key(version)
+
+
+# --------------------------------------------------------------------------------------------------
+# Arms
+
+
+def _eos(lm: Any) -> set[int]:
+    from skillforge.runtime.splice import _as_list
+
+    return set(_as_list(lm.model.generation_config.eos_token_id) + _as_list(lm.tokenizer.eos_token_id))
+
+
+def reference_ids(lm: Any, system: str, texts: list[str], user: str, raw: bool) -> list[int]:
+    """The prompt a plain transformers user would build (layout contract), tokenized by transformers."""
+    from skillforge.runtime.layout import system_content
+
+    tok = lm.tokenizer
+    content = system_content(system, texts)
+    if raw:
+        return list(tok("\n\n".join(t for t in [content, user] if t), add_special_tokens=True)["input_ids"])
+    messages = ([{"role": "system", "content": content}] if content else []) + [{"role": "user", "content": user}]
+    out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = out["input_ids"] if hasattr(out, "keys") else out
+    if ids and isinstance(ids[0], list):
+        ids = ids[0]
+    return list(ids)
+
+
+@torch.no_grad()
+def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> tuple[torch.Tensor, list[int], float]:
+    """Full prefill of `ids` -> (next-token logits, greedy continuation, TTFT ms). Memoized per process:
+    a repair sweep reuses the same references."""
+    from transformers import DynamicCache
+
+    key = (lm.fingerprint.digest, tuple(ids), new_tokens)
+    if key in _FULL:
+        return _FULL[key]
+    model, device = lm.model, lm.model.device
+    cache = DynamicCache()
+    x = torch.tensor([ids], device=device)
+    t0 = time.perf_counter()
+    out = model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = out.logits[0, -1].float()
+    ttft = (time.perf_counter() - t0) * 1000
+    eos = _eos(lm)
+    tokens: list[int] = []
+    step_logits = logits
+    for step in range(new_tokens):
+        tok = int(step_logits.argmax())
+        tokens.append(tok)
+        if tok in eos or step == new_tokens - 1:
+            break
+        o = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        step_logits = o.logits[0, -1]
+    if len(_FULL) >= _FULL_MAX:
+        _FULL.pop(next(iter(_FULL)))
+    _FULL[key] = (logits.cpu(), tokens, ttft)
+    return _FULL[key]
+
+
+@torch.no_grad()
+def splice_arm(rt: Any, skills: _Skills, case: Case, repair: Any, rotate: bool, edit_mode: str, with_set: bool,
+               new_tokens: int = GREEDY_TOKENS) -> tuple[Any, torch.Tensor, list[int], float]:
+    """Resolve (hot) + splice + next_logits, timed -> (result, logits, greedy continuation, TTFT ms)."""
+    from skillforge.runtime import Context
+
+    ctx = Context(skills=list(case.skills), system=case.system, user=case.user, raw=case.raw,
+                  set=dict(case.set) if with_set else {})
+    t0 = time.perf_counter()
+    resolved = [skills.get(s) for s in case.skills]
+    result = rt.splice(ctx, skills=resolved, repair=repair, rotate=rotate, edit_mode=edit_mode,
+                       extra_capacity=new_tokens + 2)
+    logits = rt.next_logits(result)
+    ttft = (time.perf_counter() - t0) * 1000
+    result.cache.crop(-1)  # undo the first decoding step, so generate() starts from the prompt again
+    tokens, _ = rt.generate(result, new_tokens)
+    return result, logits.cpu(), tokens, ttft
+
+
+# --------------------------------------------------------------------------------------------------
+# Eval
+
+
+def _decode(lm: Any, tokens: list[int]) -> str:
+    return lm.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def _plain_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotate: bool, edit_mode: str) -> dict:
+    result, s_logits, s_tokens, s_ttft = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=False)
+    texts = [skills.get(s).meta.text for s in case.skills]
+    ids = reference_ids(lm, case.system, texts, case.user, case.raw)
+    if ids != result.prompt.ids:
+        raise AssertionError(f"case {case.id}: the spliced prompt's tokens differ from transformers' own tokenization "
+                             f"({len(result.prompt.ids)} vs {len(ids)} tokens)")
+    f_logits, f_tokens, f_ttft = full_arm(lm, ids)
+    return {
+        "id": case.id, "skills": case.skills, "prompt_tokens": len(ids), "reused": result.reused,
+        "computed": result.computed, "repaired": result.repaired, "skill_tokens": result.skill_tokens,
+        "logit_cosine": round(logit_cosine(f_logits, s_logits), 6), "kl": kl(f_logits, s_logits),
+        "top1": top1(f_logits, s_logits), "greedy16_match": f_tokens == s_tokens,
+        "ttft_full_ms": round(f_ttft, 2), "ttft_splice_ms": round(s_ttft, 2),
+        "text_full": _decode(lm, f_tokens), "text_splice": _decode(lm, s_tokens),
+    }
+
+
+def _edit_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotate: bool, edit_mode: str) -> dict:
+    from skillforge.runtime.edits import group_assignments
+
+    grouped = group_assignments(case.set)
+    base = [skills.get(s) for s in case.skills]
+    texts, edited_tokens = [], 0
+    for r in base:
+        changes = grouped.get(r.meta.skill)
+        if changes:
+            texts.append(manifest_of(r).render({**r.meta.field_values, **changes}).text)
+            edited_tokens += r.meta.tokens
+        else:
+            texts.append(r.meta.text)
+    oracle_ids = reference_ids(lm, case.system, texts, case.user, case.raw)
+    o_logits, o_tokens, _ = full_arm(lm, oracle_ids)
+    b_logits, b_tokens, _ = full_arm(lm, reference_ids(lm, case.system, [r.meta.text for r in base], case.user, case.raw))
+    result, m_logits, m_tokens, m_ttft = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=True)
+    _, st_logits, st_tokens, _ = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=False)
+    # tokens computed for the edit: per edited skill, a recompute counts the skill once
+    computed, recomputed = 0, set()
+    for e in result.edits:
+        if str(e.get("mode", "")).endswith("recompute"):
+            if e["skill"] not in recomputed:
+                recomputed.add(e["skill"])
+                computed += e["tokens_computed"]
+        else:
+            computed += e["tokens_computed"]
+    kl_mode, kl_stale = kl(o_logits, m_logits), kl(o_logits, st_logits)
+    words = {k: first_word(_decode(lm, t)) for k, t in
+             (("oracle", o_tokens), ("mode", m_tokens), ("stale", st_tokens), ("unedited", b_tokens))}
+    return {
+        "id": case.id, "skills": case.skills, "set": case.set,
+        "mode": ",".join(sorted({str(e.get("mode")) for e in result.edits})) or edit_mode,
+        "kl_mode": kl_mode, "kl_stale": kl_stale, "recovery": recovery(kl_mode, kl_stale),
+        "top1": top1(o_logits, m_logits), "top1_stale": top1(o_logits, st_logits),
+        "first_word": words, "first_word_agreement": words["mode"] == words["oracle"],
+        "oracle_flips": words["oracle"] != words["unedited"], "oracle_top1_flips": not top1(o_logits, b_logits),
+        "tokens_computed": computed, "edited_skill_tokens": edited_tokens,
+        "computed_fraction": computed / edited_tokens if edited_tokens else 0.0,
+        "ttft_splice_ms": round(m_ttft, 2),
+        "text_oracle": _decode(lm, o_tokens), "text_mode": _decode(lm, m_tokens), "text_stale": _decode(lm, st_tokens),
+    }
+
+
+def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseline: str | None = None,
+             edit_mode: str = "field+erratum", registry: Any = None, store: Any = None,
+             skills: list[Any] | str | Path | None = None, runtime: Any = None, progress: Progress = None) -> dict:
+    """Run every case; returns the eval JSON document (aggregates, `edits`, `per_case`).
+
+    Skills come from `skills` (Manifests, or a folder of skills, compiled in memory) or else from
+    `registry` + `store` (or `runtime`'s). `baseline` is None, "no-rotation" or "plain".
+    """
+    from skillforge.runtime import Repair, Runtime
+
+    if baseline not in (None, *BASELINES):
+        from skillforge.errors import BadReference
+
+        raise BadReference(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
+    cases = [c if isinstance(c, Case) else Case.from_dict(c, f"case {i + 1}") for i, c in enumerate(cases)]
+    if isinstance(skills, (str, Path)):
+        from skillforge.manifest import discover
+
+        skills = discover(Path(skills))
+    repair = repair or Repair()
+    if baseline == "plain":
+        repair = Repair(seam=0)
+    rotate = baseline != "no-rotation"
+    rt = runtime or Runtime(lm, registry, store, repair=repair)
+    source = _Skills(lm, rt, skills, plain=baseline == "plain")
+    for ref in dict.fromkeys(s for c in cases for s in c.skills):  # load (and compile) up front, untimed
+        source.get(ref)
+
+    plain_rows, edit_rows = [], []
+    for n, case in enumerate(cases, 1):
+        if progress:
+            progress(f"[{n}/{len(cases)}] {case.id}")
+        if case.set:
+            edit_rows.append(_edit_case(lm, rt, source, case, repair, rotate, edit_mode))
+        else:
+            plain_rows.append(_plain_case(lm, rt, source, case, repair, rotate, edit_mode))
+
+    p = plain_rows
+    doc: dict[str, Any] = {
+        "model": lm.name, "fingerprint": lm.fingerprint.digest, "device": str(lm.device),
+        "repair": repair.describe() if rotate else "none (no rotation)", "baseline": baseline,
+        "edit_mode": edit_mode, "cases": len(p),
+        "logit_cosine_mean": _mean([r["logit_cosine"] for r in p]),
+        "logit_cosine_min": min((r["logit_cosine"] for r in p), default=None),
+        "kl_mean": _mean([r["kl"] for r in p]),
+        "kl_max": max((r["kl"] for r in p), default=None),
+        "top1_agreement": _mean([float(r["top1"]) for r in p]),
+        "greedy16_match": _mean([float(r["greedy16_match"]) for r in p]),
+        "reused_fraction": _ratio(p, "reused", "prompt_tokens"),
+        "skill_recompute_fraction": _ratio(p, "repaired", "skill_tokens"),
+        "ttft_full_ms_median": _median([r["ttft_full_ms"] for r in p]),
+        "ttft_splice_ms_median": _median([r["ttft_splice_ms"] for r in p]),
+    }
+    e = edit_rows
+    doc["edits"] = {
+        "cases": len(e),
+        "top1_agreement": _mean([float(r["top1"]) for r in e]),
+        "first_word_agreement": _mean([float(r["first_word_agreement"]) for r in e]),
+        "kl_mean": _mean([r["kl_mode"] for r in e]),
+        "kl_stale_mean": _mean([r["kl_stale"] for r in e]),
+        "recovery_mean": _mean([r["recovery"] for r in e]),
+        "computed_fraction": _ratio(e, "tokens_computed", "edited_skill_tokens"),
+        "stale_first_word_agreement": _mean([float(r["first_word"]["stale"] == r["first_word"]["oracle"]) for r in e]),
+        "oracle_flips": sum(r["oracle_flips"] for r in e),
+    }
+    doc["per_case"] = plain_rows + edit_rows
+    return doc
+
+
+def _ratio(rows: list[dict], num: str, den: str) -> float | None:
+    d = sum(r[den] for r in rows)
+    return sum(r[num] for r in rows) / d if d else None
+
+
+def format_eval(doc: dict) -> str:
+    """Human rendering: a compact table per kind of case and the aggregate lines."""
+    from skillforge.cli.common import table
+
+    def f(x: Any, nd: int = 4) -> str:
+        return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
+
+    plain = [r for r in doc["per_case"] if "set" not in r]
+    edits = [r for r in doc["per_case"] if "set" in r]
+    out = []
+    if plain:
+        rows = [{"id": r["id"], "skills": "+".join(s.split("@")[0] for s in r["skills"]), "tokens": r["prompt_tokens"],
+                 "reused": r["reused"], "cos": f"{r['logit_cosine']:.4f}", "kl": f"{r['kl']:.4f}", "top1": "y" if r["top1"] else "n",
+                 "g16": "y" if r["greedy16_match"] else "n", "full_ms": f"{r['ttft_full_ms']:.0f}",
+                 "splice_ms": f"{r['ttft_splice_ms']:.0f}"} for r in plain]
+        out.append(table(rows, list(rows[0])))
+        out.append("")
+        out.append(f"repair {doc['repair']}  baseline {doc['baseline'] or '-'}  cases {doc['cases']}")
+        out.append(f"top1 {f(doc['top1_agreement'], 3)}  greedy16 {f(doc['greedy16_match'], 3)}  "
+                   f"kl mean {f(doc['kl_mean'])} max {f(doc['kl_max'])}  cosine mean {f(doc['logit_cosine_mean'])} "
+                   f"min {f(doc['logit_cosine_min'])}")
+        out.append(f"reused {f(doc['reused_fraction'], 3)} of prompt tokens  skill tokens recomputed "
+                   f"{f(doc['skill_recompute_fraction'], 3)}  ttft median full {f(doc['ttft_full_ms_median'], 1)} ms "
+                   f"splice {f(doc['ttft_splice_ms_median'], 1)} ms")
+    if edits:
+        if out:
+            out.append("")
+        rows = [{"id": r["id"], "set": ",".join(f"{k}={v}" for k, v in r["set"].items()), "kl_mode": f"{r['kl_mode']:.4f}",
+                 "kl_stale": f"{r['kl_stale']:.4f}", "recovery": f"{r['recovery']:.3f}", "top1": "y" if r["top1"] else "n",
+                 "oracle": r["first_word"]["oracle"], "mode": r["first_word"]["mode"], "stale": r["first_word"]["stale"],
+                 "unedited": r["first_word"]["unedited"]} for r in edits]
+        out.append(table(rows, list(rows[0])))
+        ed = doc["edits"]
+        out.append("")
+        out.append(f"edits ({doc['edit_mode']}): cases {ed['cases']}  top1 {f(ed['top1_agreement'], 3)}  first word "
+                   f"{f(ed['first_word_agreement'], 3)} (stale {f(ed['stale_first_word_agreement'], 3)})  kl mean "
+                   f"{f(ed['kl_mean'])} (stale {f(ed['kl_stale_mean'])})  recovery {f(ed['recovery_mean'], 3)}  "
+                   f"computed {f(ed['computed_fraction'], 3)} of the skill  oracle flips {ed['oracle_flips']}/{ed['cases']}")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Bench
+
+
+def bundled_skills_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "skills"
+
+
+def synthetic_text(tokenizer: Any, n: int, source_dir: Path | None = None) -> str:
+    """Text that tokenizes to exactly `n` tokens on its own: bundled skill texts, concatenated and cut."""
+    from skillforge.manifest import discover
+
+    folder = source_dir or bundled_skills_dir()
+    texts = [m.render().text for m in discover(folder)] if folder.is_dir() else []
+    if not texts:
+        texts = ["Follow the policy exactly, answer briefly, and say what the user can do next."]
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    parts, ids = [], []
+    while len(ids) < n + 64:
+        parts.append(texts[len(parts) % len(texts)])
+        ids = enc("\n\n".join(parts))
+    m, best = n, None
+    for _ in range(32):
+        text = tokenizer.decode(ids[:m])
+        got = len(enc(text))
+        if best is None or abs(got - n) < abs(best[1] - n):
+            best = (text, got)
+        if got == n:
+            break
+        m += n - got if got != n else 0
+        m = max(1, min(m, len(ids)))
+    return best[0]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1000
+
+
+@torch.no_grad()
+def run_bench(lm: Any, lengths: list[int], repeats: int = 3, full_repeats: int | None = None,
+              progress: Progress = None) -> dict:
+    """TTFT of a full prefill against splices (store, hot cache) and the floor, per synthetic skill length."""
+    from skillforge.build import compile_manifests
+    from skillforge.errors import ContextTooLong
+    from skillforge.manifest import Manifest
+    from skillforge.registry import Registry
+    from skillforge.runtime import Context, Runtime
+    from skillforge.store import LocalStore
+
+    say = progress or (lambda s: None)
+    model, device = lm.model, lm.model.device
+    rows, compile_info = [], {}
+    with tempfile.TemporaryDirectory(prefix="skillforge-bench-") as tmp:
+        registry, store = Registry(f"sqlite:///{Path(tmp) / 'index.sqlite'}"), LocalStore(Path(tmp))
+        try:
+            for n in sorted(lengths):
+                text = synthetic_text(lm.tokenizer, n)
+                manifest = Manifest.from_dict({"name": f"bench-{n}", "version": "1.0.0", "template": text}, source=f"bench-{n}")
+                say(f"bench {n} tokens: compiling")
+                outcome, compile_ms = _timed(lambda: compile_manifests(lm, [manifest], registry, store)[0])
+                ctx = Context(skills=[f"bench-{n}"], system=BENCH_SYSTEM, user=BENCH_USER)
+                rt = Runtime(lm, registry, store)
+                probe = rt.splice(ctx)
+                L = len(probe.prompt.ids)
+                if L + 1 > lm.max_positions:
+                    raise ContextTooLong(f"bench length {n}: the prompt is {L} tokens; {lm.name} allows {lm.max_positions}")
+                reps_full = full_repeats or (repeats if n < 4096 else min(repeats, 2))
+
+                say(f"bench {n} tokens: full prefill x{reps_full}")
+                ids = torch.tensor([probe.prompt.ids], device=device)
+                full = [_timed(lambda: model(input_ids=ids, logits_to_keep=1))[1] for _ in range(reps_full)]
+
+                say(f"bench {n} tokens: splices x{repeats}")
+                store_ms, hot_ms = [], []
+                for _ in range(repeats):
+                    rt.hot.clear()  # next resolve reads the mmap'd blob (from the page cache: warmed by the probe)
+                    store_ms.append(_timed(lambda: rt.next_logits(rt.splice(ctx)))[1])
+                    hot_ms.append(_timed(lambda: rt.next_logits(rt.splice(ctx)))[1])
+
+                # floor: the tokens a splice computes, as one suffix against an assembled cache
+                k = probe.computed
+                base = rt.splice(ctx)
+                base.cache.crop(-(k - 1))  # cache now holds L - k tokens
+                suffix = ids[:, L - k :]
+                pos = torch.arange(L - k, L, device=device)[None]
+                floor = []
+                for _ in range(repeats):
+                    floor.append(_timed(lambda: model(input_ids=suffix, position_ids=pos, past_key_values=base.cache,
+                                                      use_cache=True, logits_to_keep=1))[1])
+                    base.cache.crop(-k)
+                f_ms, s_ms, h_ms = statistics.median(full), statistics.median(store_ms), statistics.median(hot_ms)
+                rows.append({
+                    "tokens": outcome.tokens, "prompt_tokens": L, "computed_tokens": k,
+                    "full_ms": round(f_ms, 2), "splice_store_ms": round(s_ms, 2), "splice_hot_ms": round(h_ms, 2),
+                    "floor_ms": round(statistics.median(floor), 2),
+                    "speedup_store": round(f_ms / s_ms, 2), "speedup_hot": round(f_ms / h_ms, 2),
+                    "bytes_per_token": round(outcome.bytes / outcome.tokens, 1), "full_repeats": reps_full,
+                })
+                compile_info = {"tokens": outcome.tokens, "compile_ms": compile_ms, "manifest": manifest}
+                say(f"bench {n} tokens: full {f_ms:.0f} ms, splice store {s_ms:.0f} ms, hot {h_ms:.0f} ms")
+        finally:
+            registry.close()
+    result: dict[str, Any] = {"model": lm.name, "device": str(lm.device), "dtype": lm.dtype, "repeats": repeats,
+                              "rows": rows, "compile_tokens_per_s": None, "bare_forward_tokens_per_s": None}
+    if compile_info:
+        from skillforge.compile import resolve_anchor, tokenize_with_offsets
+
+        n = compile_info["tokens"]
+        result["compile_tokens_per_s"] = round(n / (compile_info["compile_ms"] / 1000), 1)
+        ids, _ = tokenize_with_offsets(lm.tokenizer, compile_info["manifest"].render().text)
+        x = torch.tensor([resolve_anchor(lm, "template") + ids], device=device)
+        say(f"bench: bare forward of {x.shape[1]} tokens")
+        _, bare_ms = _timed(lambda: model(input_ids=x, logits_to_keep=1))
+        result["bare_forward_tokens_per_s"] = round(n / (bare_ms / 1000), 1)
+    result["floor"] = ("forward of the prompt's computed tokens (template pieces, system, user, last token) as one "
+                       "contiguous suffix against an already assembled cache; no artifact read, rotation or planning")
+    return result
+
+
+def format_bench(doc: dict) -> str:
+    from skillforge.cli.common import table
+
+    cols = ["tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "speedup_store", "speedup_hot", "bytes_per_token"]
+    lines = [f"model {doc['model']} on {doc['device']} ({doc.get('dtype', '')}), medians of {doc['repeats']} repeats",
+             table(doc["rows"], cols), "",
+             f"compile {doc['compile_tokens_per_s']} tokens/s; bare forward of the same tokens {doc['bare_forward_tokens_per_s']} tokens/s"]
+    return "\n".join(lines)
+
+
+def plot_bench(doc: dict, path: str | Path) -> Path:
+    """TTFT against skill length, log y, one line per arm (PNG via matplotlib's Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    xs = [r["tokens"] for r in doc["rows"]]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    for key, label in (("full_ms", "full prefill"), ("splice_store_ms", "splice (store)"),
+                       ("splice_hot_ms", "splice (hot cache)"), ("floor_ms", "floor (compute only)")):
+        ax.plot(xs, [r[key] for r in doc["rows"]], marker="o", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("skill tokens")
+    ax.set_ylabel("time to first token (ms)")
+    ax.set_title(f"{doc['model']} on {doc['device']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,154 @@
+"""Compiler, artifact format and fingerprint: real (tiny and demo) models, real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from skillforge import artifact
+from skillforge.build import compile_manifests
+from skillforge.compile import compile_skill, prefill, template_anchor
+from skillforge.errors import ArtifactMismatch, CorruptBlob, UnsupportedModel
+from skillforge.manifest import Manifest, discover
+from skillforge.model.loader import LoadedModel
+from skillforge.registry import Registry
+from skillforge.store import LocalStore
+
+from tiny_models import build, build_model
+
+TEXT = ("Refunds are approved only for verified accounts. The current role is {{role}}. "
+        "Orders older than thirty days are refused, and every refund above the limit needs a manager. ") * 2
+
+
+def manifest(template: str = TEXT, version: str = "1.0.0", name: str = "policy") -> Manifest:
+    return Manifest.from_dict({"name": name, "version": version, "description": "", "template": template,
+                               "fields": {"role": {"default": "verified_admin", "description": "", "label": "The role"}}},
+                              source="test")
+
+
+def test_anchor_is_the_chat_template_prefix(demo_tokenizer):
+    ids = template_anchor(demo_tokenizer)
+    assert demo_tokenizer.decode(ids) == "<|im_start|>system\n"
+
+
+def test_compiled_kv_equals_a_direct_prefill(demo_tokenizer):
+    lm = build("llama", demo_tokenizer)
+    m = manifest()
+    meta, kv = compile_skill(lm, m)
+    ids = meta.anchor_ids + meta.token_ids
+    # A longer prefill of the same tokens followed by more text: causal attention means the skill's
+    # KV must be the same slice of it.
+    extra = demo_tokenizer(" And one more sentence after the skill.", add_special_tokens=False)["input_ids"]
+    direct = prefill(lm, ids + extra)
+    n = len(meta.anchor_ids)
+    for (k, v), (dk, dv) in zip(kv, direct):
+        torch.testing.assert_close(k, dk[:, n : n + meta.tokens], rtol=0, atol=1e-5)
+        torch.testing.assert_close(v, dv[:, n : n + meta.tokens], rtol=0, atol=1e-5)
+    assert meta.offset == n and meta.fingerprint == lm.fingerprint.digest
+
+
+def test_field_spans_point_at_the_value_tokens(demo_tokenizer):
+    lm = build("llama", demo_tokenizer)
+    meta, _ = compile_skill(lm, manifest())
+    assert [f.name for f in meta.fields] == ["role", "role"]
+    for f in meta.fields:
+        assert "verified_admin" in demo_tokenizer.decode(meta.token_ids[f.start : f.end])
+
+
+def test_artifact_round_trip_is_bit_identical(tmp_path: Path, demo_tokenizer):
+    lm = build("llama", demo_tokenizer)
+    meta, kv = compile_skill(lm, manifest())
+    path = tmp_path / "a.safetensors"
+    artifact.save(path, meta, kv)
+    meta2, kv2 = artifact.load(path)
+    assert meta2 == meta
+    for (k, v), (k2, v2) in zip(kv, kv2):
+        assert torch.equal(k, k2) and torch.equal(v, v2)
+        assert k2.shape == (lm.model.config.num_key_value_heads, meta.tokens, k.shape[-1])
+
+
+def test_truncated_artifact_is_refused(tmp_path: Path, demo_tokenizer):
+    lm = build("llama", demo_tokenizer)
+    meta, kv = compile_skill(lm, manifest())
+    path = tmp_path / "a.safetensors"
+    artifact.save(path, meta, kv)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CorruptBlob, match="invalid dtype or extent"):
+        artifact.read_header(path)
+
+
+def test_fingerprint_is_stable_and_sensitive(demo_tokenizer):
+    base = LoadedModel.from_parts(build_model("llama"), demo_tokenizer).fingerprint
+    assert LoadedModel.from_parts(build_model("llama"), demo_tokenizer).fingerprint == base
+
+    changed_weight = build_model("llama")
+    with torch.no_grad():
+        changed_weight.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
+    assert LoadedModel.from_parts(changed_weight, demo_tokenizer).fingerprint.digest != base.digest
+
+    half = build_model("llama").to(torch.bfloat16)
+    assert LoadedModel.from_parts(half, demo_tokenizer).fingerprint.digest != base.digest
+
+    other_rope = build_model("llama")
+    other_rope.config.rope_parameters = {**other_rope.config.rope_parameters, "rope_theta": 20000.0}
+    assert LoadedModel.from_parts(other_rope, demo_tokenizer).fingerprint.digest != base.digest
+
+    import copy
+
+    tok = copy.deepcopy(demo_tokenizer)
+    tok.chat_template = tok.chat_template.replace("<|im_start|>", "<|im_start|> ")
+    assert LoadedModel.from_parts(build_model("llama"), tok).fingerprint.digest != base.digest
+
+
+def test_unshiftable_rope_is_refused_at_compile(demo_tokenizer):
+    lm = build("llama_dynamic", demo_tokenizer)
+    with pytest.raises(UnsupportedModel, match="dynamic"):
+        compile_skill(lm, manifest())
+
+
+def test_compile_is_idempotent_and_indexed(home: Path, demo_tokenizer, skills_dir: Path):
+    lm = build("llama", demo_tokenizer)
+    registry, store = Registry(), LocalStore(home)
+    manifests = discover(skills_dir)[:2]
+    first = compile_manifests(lm, manifests, registry, store)
+    assert all(o.created for o in first)
+    blobs = set(store.digests())
+    second = compile_manifests(lm, manifests, registry, store)
+    assert [o.created for o in second] == [False, False]
+    assert [o.digest for o in second] == [o.digest for o in first]
+    assert set(store.digests()) == blobs
+    row = registry.find_artifact(manifests[0].name, lm.fingerprint.digest)
+    assert row.meta.skill == manifests[0].name and row.tokens == row.meta.tokens
+
+
+def test_artifact_for_another_model_is_refused(home: Path, demo_tokenizer):
+    from skillforge.runtime import Context, Resolved, Runtime
+
+    a = build("llama", demo_tokenizer)
+    b = build("llama", demo_tokenizer, seed=1)
+    meta, kv = compile_skill(a, manifest())
+    with pytest.raises(ArtifactMismatch) as err:
+        Runtime(b).splice(Context(skills=["policy"], user="hi"), skills=[Resolved(meta, kv)])
+    assert a.fingerprint.digest in str(err.value) and b.fingerprint.digest in str(err.value)
+
+
+@pytest.mark.demo
+def test_demo_skill_spliced_as_the_whole_prefix_matches_full_recompute(demo_lm, skills_dir: Path):
+    from skillforge.runtime import Context, Resolved, Runtime
+
+    m = next(x for x in discover(skills_dir) if x.name == "pirate-voice")
+    meta, kv = compile_skill(demo_lm, m)
+    rt = Runtime(demo_lm)
+    result = rt.splice(Context(skills=["pirate-voice"], user="How do I reset my password?"), skills=[Resolved(meta, kv)])
+    expected = demo_lm.tokenizer.apply_chat_template(
+        [{"role": "system", "content": meta.text}, {"role": "user", "content": "How do I reset my password?"}],
+        tokenize=True, add_generation_prompt=True)
+    expected = expected["input_ids"] if not isinstance(expected, list) else expected
+    assert result.prompt.ids == expected
+    assert result.reused == meta.tokens
+    spliced = rt.next_logits(result)
+    with torch.no_grad():
+        full = demo_lm.model(input_ids=torch.tensor([expected]), logits_to_keep=1).logits[0, -1]
+    assert (spliced - full).abs().max() < 1e-3
