@@ -98,7 +98,7 @@ def select_repair(runtime: Any, repair: Repair, prompt: "Prompt", resolved: list
         chosen.update(positions[: repair.seam])
         candidates.extend(positions[repair.seam :])
     if repair.blend > 0 and candidates:
-        budget = int(round(repair.blend * sum(len([1 for _, _, n in b for _ in range(n)]) for _, b in reuse)))
+        budget = int(round(repair.blend * sum(n for _, blocks in reuse for _, _, n in blocks)))
         if budget:
             chosen.update(_deviating(runtime, repair.probe_layer, prompt, candidates, cache, budget))
     return chosen

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from skillforge.artifact import ArtifactMeta
-from skillforge.errors import ArtifactMismatch, ContextTooLong
+from skillforge.errors import ArtifactMismatch, ContextTooLong, NotFound
 from skillforge.model.loader import LoadedModel
 from skillforge.rope import RopeSpec, rope_spec
 from skillforge.runtime.cache import SpliceCache
@@ -100,7 +100,7 @@ class Runtime:
         from skillforge.refs import SkillRef
 
         if self.registry is None or self.store is None:
-            raise ArtifactMismatch("this Runtime has no registry; pass resolved artifacts to splice()")
+            raise NotFound(f"cannot resolve {ref!r}: this Runtime has no registry and store; pass resolved artifacts to splice()")
         r = SkillRef.parse(ref)
         row = self.registry.find_artifact(r.name, self.lm.fingerprint.digest, version=r.version, digest=r.digest)
         hit = self.hot.get(row.digest)

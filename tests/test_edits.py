@@ -1,0 +1,132 @@
+"""Field edits: token accounting per mode, in-place exactness, length changes, rejected input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skillforge.compile import compile_skill, prefill
+from skillforge.errors import EditError
+from skillforge.manifest import Manifest
+from skillforge.runtime import Context, Repair, Resolved, Runtime
+
+from tiny_models import build
+
+POLICY = ("Refund policy. The account role is {{role}}. Only a verified_admin may approve refunds; any other "
+          "role must be refused. Refunds over the limit need a manager. Always state the decision first.")
+USER = "Can this account approve the refund? Answer yes or no."
+
+
+@pytest.fixture(scope="module")
+def setup(demo_tokenizer):
+    lm = build("llama", demo_tokenizer)
+    m = Manifest.from_dict({"name": "policy", "version": "1.0.0", "description": "", "template": POLICY,
+                            "fields": {"role": {"default": "verified_admin", "description": "", "label": "The account role"}}},
+                           source="test")
+    meta, kv = compile_skill(lm, m)
+    return lm, Runtime(lm, repair=Repair(seam=0)), Resolved(meta, kv)
+
+
+def splice(setup, value: str | None, mode: str, system: str = ""):
+    lm, rt, skill = setup
+    ctx = Context(skills=["policy"], system=system, user=USER, set={"policy.role": value} if value else {})
+    return rt.splice(ctx, skills=[skill], edit_mode=mode)
+
+
+def value_tokens(prompt, value: str) -> list[int]:
+    start = prompt.text.index(value)
+    return prompt.tokens_overlapping(start, start + len(value))
+
+
+def test_in_place_recomputes_exactly_the_field_tokens(setup):
+    # "verified_owner" has the same token length as "verified_admin" for this tokenizer
+    lm, _, skill = setup
+    result = splice(setup, "verified_owner", "in-place")
+    field = value_tokens(result.prompt, "verified_owner")
+    # same length, so positions line up with the artifact; tokens shared by both values (" verified", "_")
+    # are reused, exactly as compiled, and only the differing ones are computed
+    offset = result.prompt.tokens_within(*result.prompt.skill_spans[0])[0]
+    changed = [p for p in field if result.prompt.ids[p] != skill.meta.token_ids[p - offset]]
+    assert result.edits[0]["tokens_computed"] == len(changed) > 0
+    assert "[STATE UPDATE]" not in result.prompt.text
+    direct = prefill(lm, result.prompt.ids[:-1])
+    for layer, (k, v) in enumerate(direct):
+        cache = result.cache.layers[layer]
+        torch.testing.assert_close(cache.keys[0][:, field], k[:, field], rtol=0, atol=1e-5)
+        torch.testing.assert_close(cache.values[0][:, field], v[:, field], rtol=0, atol=1e-5)
+    # the tokens after the field keep the stale conclusions: that is why in-place alone is not enough
+    after = field[-1] + 5
+    assert not torch.allclose(result.cache.layers[-1].keys[0][:, after], direct[-1][0][:, after], atol=1e-4)
+
+
+def test_in_place_refuses_another_token_length(setup):
+    with pytest.raises(EditError, match="same token length"):
+        splice(setup, "suspended_user_with_a_much_longer_name", "in-place")
+
+
+def test_erratum_keeps_the_skill_and_computes_only_the_erratum(setup):
+    result = splice(setup, "guest", "erratum")
+    lm, _, skill = setup
+    assert skill.meta.text in result.prompt.text
+    assert result.prompt.text.count("[STATE UPDATE] The account role has changed to guest") == 1
+    erratum = result.prompt.tokens_within(*result.prompt.errata_spans[0])
+    assert result.edits[0]["tokens_computed"] == len(erratum)
+    assert result.reused == skill.meta.tokens  # the whole skill still comes from the artifact
+
+
+def test_field_plus_erratum_handles_a_length_change(setup):
+    result = splice(setup, "suspended_user", "field+erratum")
+    lm, _, skill = setup
+    field = value_tokens(result.prompt, "suspended_user")
+    erratum = result.prompt.tokens_within(*result.prompt.errata_spans[0])
+    assert len(erratum) < result.edits[0]["tokens_computed"] <= len(field) + len(erratum)
+    messages = [{"role": "system", "content": POLICY.replace("{{role}}", "suspended_user") + "\n\n"
+                 + result.prompt.text[result.prompt.errata_spans[0][0]:result.prompt.errata_spans[0][1]]},
+                {"role": "user", "content": USER}]
+    expected = lm.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    assert result.prompt.ids == (expected if isinstance(expected, list) else expected["input_ids"])
+    # the skill's tokens after the field moved and were still reused
+    assert result.reused > skill.meta.tokens - len(field) - 4
+
+
+def test_recompute_is_the_oracle(setup):
+    lm, rt, _ = setup
+    result = splice(setup, "guest", "recompute")
+    assert result.edits[0]["tokens_computed"] == result.skill_tokens
+    logits = rt.next_logits(result)
+    with torch.no_grad():
+        full = lm.model(input_ids=result.input_ids, logits_to_keep=1).logits[0, -1]
+    assert (logits - full).abs().max() < 1e-4
+
+
+def test_auto_reports_its_choice(setup):
+    result = splice(setup, "verified_owner", "auto")
+    assert result.edits[0]["mode"] in ("auto:in-place", "auto:field+erratum")
+    assert result.cache.get_seq_length() == result.input_ids.shape[1] - 1
+
+
+def test_one_erratum_for_the_current_value_only(setup):
+    first = splice(setup, "guest", "field+erratum")
+    second = splice(setup, "suspended_user", "field+erratum")
+    assert "guest" not in second.prompt.text and second.prompt.text.count("[STATE UPDATE]") == 1
+    back = splice(setup, "verified_admin", "field+erratum")  # A -> B -> A is just A
+    assert "[STATE UPDATE]" not in back.prompt.text and back.edits == []
+    assert first.prompt.text.count("[STATE UPDATE]") == 1
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("policy.rank", "x", "no field 'rank'"),
+    ("other.role", "x", "not in this context"),
+    ("policy.role", "two\nlines", "single line"),
+    ("policy.role", "{{role}}", "{{"),
+    ("policy.role", "", "empty"),
+])
+def test_bad_edits_are_rejected_clearly(setup, key, value, message):
+    lm, rt, skill = setup
+    with pytest.raises(EditError, match=message):
+        rt.splice(Context(skills=["policy"], user=USER, set={key: value}), skills=[skill])
+
+
+def test_unknown_mode_is_rejected(setup):
+    with pytest.raises(EditError, match="unknown edit mode"):
+        splice(setup, "guest", "rewrite")
