@@ -1,0 +1,103 @@
+"""Runtime behaviour around the splice: artifact resolution, the hot cache, limits, raw prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from skillforge.build import compile_manifests
+from skillforge.errors import ContextTooLong, CorruptBlob, NotFound
+from skillforge.manifest import discover
+from skillforge.registry import Registry
+from skillforge.runtime import Context, Repair, Runtime
+from skillforge.runtime.hotcache import HotCache
+from skillforge.runtime.layout import align
+from skillforge.store import LocalStore
+
+from tiny_models import build
+
+
+class CountingStore(LocalStore):
+    """A local store that counts artifact reads, to see whether a splice touched the disk."""
+
+    reads = 0
+
+    def local_path(self, digest: str) -> Path:
+        type(self).reads += 1
+        return super().local_path(digest)
+
+
+@pytest.fixture()
+def compiled(home: Path, demo_tokenizer, skills_dir: Path):
+    lm = build("llama", demo_tokenizer)
+    registry, store = Registry(), CountingStore(home)
+    manifests = [m for m in discover(skills_dir) if m.name in ("pirate-voice", "json-contract")]
+    compile_manifests(lm, manifests, registry, store)
+    CountingStore.reads = 0
+    return lm, registry, store
+
+
+def test_repeated_splices_are_served_from_memory(compiled):
+    lm, registry, store = compiled
+    rt = Runtime(lm, registry, store)
+    ctx = Context(skills=["pirate-voice", "json-contract@1.0.0"], system="Be brief.", user="Hello?")
+    first = rt.splice(ctx)
+    assert CountingStore.reads == 2
+    second = rt.splice(ctx)
+    assert CountingStore.reads == 2 and rt.hot.hits == 2
+    assert second.prompt.ids == first.prompt.ids
+    assert torch.equal(rt.next_logits(first), rt.next_logits(second))
+
+
+def test_hot_cache_is_bounded_by_bytes():
+    cache = HotCache(max_bytes=100)
+    cache.put("a", 1, 60)
+    cache.put("b", 2, 30)
+    assert cache.get("a") == 1  # a becomes most recent
+    cache.put("c", 3, 30)  # evicts b, the least recently used
+    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3 and cache.bytes == 90
+    cache.put("huge", 4, 1000)
+    assert "huge" not in cache
+
+
+def test_tampered_artifact_is_refused_on_load(compiled, home: Path):
+    lm, registry, store = compiled
+    row = registry.find_artifact("pirate-voice", lm.fingerprint.digest)
+    blob = home / "blobs" / "sha256" / row.digest.removeprefix("sha256:")
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    with pytest.raises(CorruptBlob, match=row.digest.removeprefix("sha256:")[:12]):
+        Runtime(lm, registry, store).splice(Context(skills=["pirate-voice"], user="Hi"))
+
+
+def test_unknown_skill_names_what_exists(compiled):
+    lm, registry, store = compiled
+    with pytest.raises(NotFound, match="skillforge compile"):
+        Runtime(lm, registry, store).splice(Context(skills=["nope"], user="Hi"))
+
+
+def test_prompt_longer_than_the_model_allows_is_refused(compiled):
+    lm, registry, store = compiled
+    with pytest.raises(ContextTooLong, match="allows"):
+        Runtime(lm, registry, store).splice(Context(skills=["pirate-voice"], user="word " * (lm.max_positions + 10)))
+
+
+def test_raw_prompt_has_no_template_and_matches_plain_tokenization(compiled):
+    lm, registry, store = compiled
+    rt = Runtime(lm, registry, store, repair=Repair(seam=10_000))
+    result = rt.splice(Context(skills=["pirate-voice"], system="Notes:", user="Q: hi", raw=True))
+    text = result.prompt.text
+    assert "<|im_start|>" not in text and text.startswith("Notes:\n\n") and text.endswith("\n\nQ: hi")
+    assert result.prompt.ids == lm.tokenizer(text)["input_ids"]
+    with torch.no_grad():
+        full = lm.model(input_ids=result.input_ids, logits_to_keep=1).logits[0, -1]
+    assert (rt.next_logits(result) - full).abs().max() < 1e-4  # everything recomputed: exact
+
+
+def test_align_reuses_around_a_changed_token():
+    blocks = align([1, 2, 3, 4, 5, 6], [1, 2, 9, 9, 4, 5, 6])
+    assert [(b.art_start, b.ctx_start, b.length) for b in blocks] == [(0, 0, 2), (3, 4, 3)]
+    assert align([1, 2], [1, 2])[0].length == 2 and align([], [3]) == []
