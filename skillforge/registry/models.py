@@ -7,6 +7,8 @@ artifacts keep the compile time from their metadata, so a rebuilt index equals t
 
 Schema changes go through a new Alembic revision in migrations/versions/ (a `packs` table is expected
 to arrive as the third); `tests/test_registry.py` checks the models and the migrations agree.
+Packs (revision 0003) record which published packs this index has pulled or published, and which
+blobs each names; `Registry.referenced_digests` counts those blobs, so `gc` keeps them.
 """
 
 from __future__ import annotations
@@ -90,3 +92,40 @@ class Field(Base):
     end: Mapped[int] = mapped_column(Integer)
 
     artifact: Mapped[Artifact] = relationship(back_populates="fields")
+
+
+class Pack(Base):
+    """A pack version this index knows, from one bucket root (`source`), with its verified index."""
+
+    __tablename__ = "packs"
+    __table_args__ = (UniqueConstraint("source", "name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(512))
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128))
+    index_digest: Mapped[str] = mapped_column(String(71))
+    index_json: Mapped[str] = mapped_column(Text)
+    published: Mapped[str] = mapped_column(String(64))
+    recorded: Mapped[str] = mapped_column(String(64))
+
+    artifacts: Mapped[list[PackArtifact]] = relationship(
+        back_populates="pack", cascade="all, delete-orphan", passive_deletes=True, order_by="PackArtifact.id"
+    )
+
+
+class PackArtifact(Base):
+    """One blob of a pack that is present here (a pull for one model records only that model's)."""
+
+    __tablename__ = "pack_artifacts"
+    __table_args__ = (UniqueConstraint("pack_id", "digest"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pack_id: Mapped[int] = mapped_column(Integer, ForeignKey("packs.id", ondelete="CASCADE"))
+    digest: Mapped[str] = mapped_column(String(71), index=True)
+    skill: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(128))
+    fingerprint: Mapped[str] = mapped_column(String(255))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+
+    pack: Mapped[Pack] = relationship(back_populates="artifacts")

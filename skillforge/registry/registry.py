@@ -37,7 +37,7 @@ from skillforge import config as sf_config
 from skillforge.artifact import ArtifactMeta, read_header
 from skillforge.errors import ArtifactMismatch, ManifestError, NotFound, SkillforgeError
 from skillforge.refs import check_name, check_version, digest_hex, version_key
-from skillforge.registry.models import Artifact, Field, Skill, SkillVersion
+from skillforge.registry.models import Artifact, Field, PackArtifact, Skill, SkillVersion
 
 if TYPE_CHECKING:
     from skillforge.store import BlobStore
@@ -434,15 +434,16 @@ class Registry:
             s.execute(delete(Artifact).where(Artifact.digest == digest))
 
     def referenced_digests(self) -> set[str]:
-        """Every blob the index needs; `gc` deletes the rest. (A packs table must add its blobs here.)"""
+        """Every blob the index needs (artifacts, and the blobs of recorded packs); `gc` deletes the rest."""
         with self._session() as s:
-            return set(s.scalars(select(Artifact.digest)))
+            return set(s.scalars(select(Artifact.digest))) | set(s.scalars(select(PackArtifact.digest)))
 
     def reindex(self, store: BlobStore) -> dict[str, int]:
         """Rebuild the index from the store: index every artifact blob not yet indexed, drop rows whose
         blob is gone. Blobs that are corrupt, not artifacts, or conflict with the index are skipped."""
         present = set(store.digests())
-        known = self.referenced_digests()
+        with self._session() as s:
+            known = set(s.scalars(select(Artifact.digest)))  # not pack blobs: only artifact rows are rebuilt
         removed = 0
         for digest in sorted(known - present):
             self.remove_artifact(digest)
