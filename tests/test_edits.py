@@ -24,7 +24,7 @@ def setup(demo_tokenizer):
                             "fields": {"role": {"default": "verified_admin", "description": "", "label": "The account role"}}},
                            source="test")
     meta, kv = compile_skill(lm, m)
-    return lm, Runtime(lm, repair=Repair(seam=0)), Resolved(meta, kv)
+    return lm, Runtime(lm, repair=Repair(seam=0, blend=0)), Resolved(meta, kv)
 
 
 def splice(setup, value: str | None, mode: str, system: str = ""):

@@ -190,7 +190,7 @@ def test_splice_behind_anchor_matches_full_forward(tok, family):
     a = skill(lm, "a")
     assert a.meta.anchor_ids and a.meta.offset == len(a.meta.anchor_ids)
     rt = Runtime(lm)
-    result = rt.splice(Context(skills=["a"], system="", user=QUESTION), skills=[a], repair=Repair(seam=0))
+    result = rt.splice(Context(skills=["a"], system="", user=QUESTION), skills=[a], repair=Repair(seam=0, blend=0))
 
     ids = result.prompt.ids
     assert ids == chat_ids(tok, SKILL_A, QUESTION)
@@ -209,7 +209,7 @@ def test_splice_scattered_recompute_is_exact(tok, family):
     lm = lm_for(family, tok)
     a, b = skill(lm, "a"), skill(lm, "b")
     rt = Runtime(lm)
-    result = rt.splice(Context(skills=["a", "b"], user=QUESTION), skills=[a, b], repair=Repair(seam=10_000))
+    result = rt.splice(Context(skills=["a", "b"], user=QUESTION), skills=[a, b], repair=Repair(seam=10_000, blend=0))
     ids = result.prompt.ids
     assert ids == chat_ids(tok, SKILL_A + "\n\n" + SKILL_B, QUESTION)
     assert result.reused == len(a.meta.token_ids)
@@ -227,7 +227,7 @@ def test_splice_after_other_text_with_seam_repair(tok, family):
     a, b = skill(lm, "a"), skill(lm, "b")
     rt = Runtime(lm)
     ctx = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
-    result = rt.splice(ctx, skills=[a, b], repair=Repair(seam=4))
+    result = rt.splice(ctx, skills=[a, b], repair=Repair(seam=4, blend=0))
     ids = result.prompt.ids
     assert ids == chat_ids(tok, "\n\n".join([SYSTEM, SKILL_A, SKILL_B]), QUESTION)
     skill_tokens = len(a.meta.token_ids) + len(b.meta.token_ids)
@@ -245,7 +245,7 @@ def test_splice_after_other_text_with_seam_repair(tok, family):
     torch.testing.assert_close(k_spliced, k_full[:, :n], atol=1e-4 * scale, rtol=0)
     torch.testing.assert_close(v_spliced, v_full[:, :n], atol=1e-4 * scale, rtol=0)
 
-    exact = rt.splice(ctx, skills=[a, b], repair=Repair(seam=10_000))
+    exact = rt.splice(ctx, skills=[a, b], repair=Repair(seam=10_000, blend=0))
     assert exact.reused == 0 and exact.prompt.ids == ids
     reference = full_logits(lm, ids)
     diff = float((rt.next_logits(exact) - reference).abs().max())
@@ -261,7 +261,7 @@ def test_sliding_window_makes_a_moved_skill_exact(tok):
     cfg = lm.model.config
     assert len(b.meta.token_ids) > cfg.num_hidden_layers * (cfg.sliding_window - 1)
     rt = Runtime(lm)
-    result = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=Repair(seam=0))
+    result = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=Repair(seam=0, blend=0))
     assert result.repaired == 0 and result.reused >= len(a.meta.token_ids) + len(b.meta.token_ids) - 4
     diff = float((rt.next_logits(result) - full_logits(lm, result.prompt.ids)).abs().max())
     assert diff < LOGIT_ATOL
@@ -272,7 +272,7 @@ def test_generate_continues_from_spliced_cache(tok, family):
     """The assembled cache behaves like an ordinary one in `model.generate`, growing past its capacity."""
     lm = lm_for(family, tok)
     rt = Runtime(lm)
-    result = rt.splice(Context(skills=["a"], user=QUESTION), skills=[skill(lm, "a")], repair=Repair(seam=0),
+    result = rt.splice(Context(skills=["a"], user=QUESTION), skills=[skill(lm, "a")], repair=Repair(seam=0, blend=0),
                        extra_capacity=2)
     x = result.input_ids
     kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=6, do_sample=False)

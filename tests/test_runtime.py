@@ -87,7 +87,7 @@ def test_prompt_longer_than_the_model_allows_is_refused(compiled):
 
 def test_raw_prompt_has_no_template_and_matches_plain_tokenization(compiled):
     lm, registry, store = compiled
-    rt = Runtime(lm, registry, store, repair=Repair(seam=10_000))
+    rt = Runtime(lm, registry, store, repair=Repair(seam=10_000, blend=0))
     result = rt.splice(Context(skills=["pirate-voice"], system="Notes:", user="Q: hi", raw=True))
     text = result.prompt.text
     assert "<|im_start|>" not in text and text.startswith("Notes:\n\n") and text.endswith("\n\nQ: hi")

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
                model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
                max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
                seam: int = typer.Option(None, "--seam", help="recompute the first K tokens of each skill that follows other text"),
-               repair: str = typer.Option(None, "--repair", help="seam (default), none, or blend:<ratio>"),
+               repair: str = typer.Option(None, "--repair", help="auto (default: seam + blend sized by what the skills missed), seam, none, or blend:<ratio>"),
                set_: list[str] = typer.Option([], "--set", help="skill.field=value (repeatable)"),
                edit_mode: str = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute"),
                raw: bool = typer.Option(False, "--raw", help="no chat template (base models)"),

@@ -171,7 +171,7 @@ class Runtime:
             for a, c, n in blocks:
                 self._write_block(cache, kv, resolved[i].meta.offset + a, a, c, n, rotate)
         edits = count_edit_tokens(edit, prompt, ~reused)
-        chosen = select_repair(self, repair, prompt, resolved, reuse, reused, cache) if rotate else set()
+        chosen = select_repair(self, repair, prompt, resolved, reuse, cache) if rotate else set()
         for p in chosen:
             reused[p] = False
 
