@@ -123,6 +123,7 @@ def select_repair(runtime: Any, repair: Repair, prompt: "Prompt", resolved: list
 def _deviating(runtime: Any, layer: int, prompt: "Prompt", candidates: list[int], cache: Any, budget: int) -> list[int]:
     """The `budget` candidates whose spliced keys at `layer` differ most from a fresh prefill's."""
     model = runtime.lm.model
+    layer = min(layer, len(cache.layers) - 1)  # shallow models: probe their last layer
     ids = torch.tensor([prompt.ids[: max(candidates) + 1]], device=model.device)
     probe = _ProbeCache(layer)
     try:
