@@ -347,7 +347,7 @@ class Registry:
             row = s.get(Artifact, digest)
             if row is None:
                 raise NotFound(
-                    f"no artifact {digest} in the index {self.url}; see `skillforge list`, or run "
+                    f"no artifact {digest} in the index {self.url}; see `skillforge ls`, or run "
                     "`skillforge reindex` if the blob store has it"
                 )
             return ArtifactRow.from_model(row)
@@ -407,7 +407,7 @@ class Registry:
             if versions:
                 return f"{ref} has no compiled artifact (registered versions: {', '.join(versions)}); {run}"
             return (f"no skill {name!r} is registered or compiled here; run `skillforge compile` on its skill "
-                    "folder (see `skillforge list` for what exists)")
+                    "folder (see `skillforge ls` for what exists)")
         if not wanted:
             own = sorted({r.version for r in rows if r.fingerprint == fingerprint}, key=version_key)
             other = sorted({r.version for r in rows if r.fingerprint != fingerprint}, key=version_key)
@@ -429,7 +429,7 @@ class Registry:
         digest_hex(digest)
         with self._session(write=True) as s:
             if s.get(Artifact, digest) is None:
-                raise NotFound(f"no artifact {digest} in the index {self.url}; see `skillforge list`")
+                raise NotFound(f"no artifact {digest} in the index {self.url}; see `skillforge ls`")
             s.execute(delete(Field).where(Field.artifact_digest == digest))
             s.execute(delete(Artifact).where(Artifact.digest == digest))
 
