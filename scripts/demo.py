@@ -29,7 +29,7 @@ def full_prefill_answer(lm, ids: list[int], max_new_tokens: int) -> tuple[str, f
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--skill", default="sql-tools")
-    ap.add_argument("--system", default="You are the assistant of an analytics team.")
+    ap.add_argument("--system", default="", help="system text before the skill (the skill then needs repair)")
     ap.add_argument("--user", default="Which tool call lists the tables in the sales schema? Reply with the JSON call only.")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
