@@ -11,7 +11,7 @@ KL(oracle||stale): the share of the edit's effect on the next-token distribution
 back. The unedited prompt is also prefilled once, to tell whether the oracle's decision flips at all.
 
 Baselines: `no-rotation` splices keys at their compile positions (rotate=False, no repair);
-`plain` uses artifacts compiled without an anchor (compiled in memory, once per process) and no seam.
+`plain` uses artifacts compiled without an anchor (compiled in memory, once per process) and no repair.
 
 Bench times, for synthetic skills of N tokens, a full prefill of the whole prompt against a splice
 reading the artifact from the store (page cache warm, hot cache empty), a splice from the hot cache,
@@ -272,7 +272,7 @@ def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> tuple[
     cache = DynamicCache()
     x = torch.tensor([ids], device=device)
     t0 = time.perf_counter()
-    out = model(input_ids=x, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    out = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
     logits = out.logits[0, -1].float()
     ttft = (time.perf_counter() - t0) * 1000
     eos = _eos(lm)
@@ -283,7 +283,7 @@ def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> tuple[
         tokens.append(tok)
         if tok in eos or step == new_tokens - 1:
             break
-        o = model(input_ids=torch.tensor([[tok]], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        o = model(input_ids=torch.tensor([[tok]], device=device), cache=cache, use_cache=True, logits_to_keep=1)
         step_logits = o.logits[0, -1]
     if len(_FULL) >= _FULL_MAX:
         _FULL.pop(next(iter(_FULL)))
@@ -345,8 +345,9 @@ def _edit_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotat
     for r in base:
         changes = grouped.get(r.meta.skill)
         if changes:
-            texts.append(manifest_of(r).render({**r.meta.field_values, **changes}).text)
-            edited_tokens += r.meta.tokens
+            text = manifest_of(r).render({**r.meta.field_values, **changes}).text
+            texts.append(text)
+            edited_tokens += len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])  # the skill as edited
         else:
             texts.append(r.meta.text)
     oracle_ids = reference_ids(lm, case.system, texts, case.user, case.raw)
@@ -401,19 +402,26 @@ def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseli
         skills = discover(Path(skills))
     repair = repair or Repair()
     if baseline == "plain":
-        repair = Repair(seam=0)
+        repair = Repair(seam=0, blend=0.0)  # no repair at all
     rotate = baseline != "no-rotation"
     rt = runtime or Runtime(lm, registry, store, repair=repair)
     source = _Skills(lm, rt, skills, plain=baseline == "plain")
     for ref in dict.fromkeys(s for c in cases for s in c.skills):  # load (and compile) up front, untimed
         source.get(ref)
 
-    plain_rows, edit_rows = [], []
+    from skillforge.errors import EditError
+
+    plain_rows, edit_rows, skipped = [], [], []
     for n, case in enumerate(cases, 1):
         if progress:
             progress(f"[{n}/{len(cases)}] {case.id}")
         if case.set:
-            edit_rows.append(_edit_case(lm, rt, source, case, repair, rotate, edit_mode))
+            try:
+                edit_rows.append(_edit_case(lm, rt, source, case, repair, rotate, edit_mode))
+            except EditError as exc:  # e.g. in-place with a value of another token length
+                skipped.append({"id": case.id, "set": case.set, "error": str(exc)})
+                if progress:
+                    progress(f"  skipped: {exc}")
         else:
             plain_rows.append(_plain_case(lm, rt, source, case, repair, rotate, edit_mode))
 
@@ -441,11 +449,15 @@ def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseli
         "kl_mean": _mean([r["kl_mode"] for r in e]),
         "kl_stale_mean": _mean([r["kl_stale"] for r in e]),
         "recovery_mean": _mean([r["recovery"] for r in e]),
+        "recovery_median": statistics.median([r["recovery"] for r in e]) if e else None,
         "computed_fraction": _ratio(e, "tokens_computed", "edited_skill_tokens"),
         "stale_first_word_agreement": _mean([float(r["first_word"]["stale"] == r["first_word"]["oracle"]) for r in e]),
         "oracle_flips": sum(r["oracle_flips"] for r in e),
+        "skipped": len(skipped),
     }
     doc["per_case"] = plain_rows + edit_rows
+    if skipped:
+        doc["skipped"] = skipped
     return doc
 
 
@@ -492,6 +504,8 @@ def format_eval(doc: dict) -> str:
                    f"{f(ed['first_word_agreement'], 3)} (stale {f(ed['stale_first_word_agreement'], 3)})  kl mean "
                    f"{f(ed['kl_mean'])} (stale {f(ed['kl_stale_mean'])})  recovery {f(ed['recovery_mean'], 3)}  "
                    f"computed {f(ed['computed_fraction'], 3)} of the skill  oracle flips {ed['oracle_flips']}/{ed['cases']}")
+    for s in doc.get("skipped", []):
+        out.append(f"skipped {s['id']}: {s['error']}")
     return "\n".join(out)
 
 
@@ -513,19 +527,22 @@ def synthetic_text(tokenizer: Any, n: int, source_dir: Path | None = None) -> st
         texts = ["Follow the policy exactly, answer briefly, and say what the user can do next."]
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     parts, ids = [], []
-    while len(ids) < n + 64:
+    while len(ids) < n + 128:
         parts.append(texts[len(parts) % len(texts)])
         ids = enc("\n\n".join(parts))
-    m, best = n, None
-    for _ in range(32):
-        text = tokenizer.decode(ids[:m])
-        got = len(enc(text))
-        if best is None or abs(got - n) < abs(best[1] - n):
-            best = (text, got)
-        if got == n:
-            break
-        m += n - got if got != n else 0
-        m = max(1, min(m, len(ids)))
+    best = None
+    for start in range(64):  # windows of the token stream; the first that re-tokenizes to exactly n tokens
+        for m in (n, n + 1, n - 1):
+            if m <= 0 or start + m > len(ids):
+                continue
+            text = tokenizer.decode(ids[start : start + m])
+            if text != text.strip():
+                continue  # edge whitespace merges with the prompt around the skill
+            got = len(enc(text))
+            if got == n:
+                return text
+            if best is None or abs(got - n) < abs(best[1] - n):
+                best = (text, got)
     return best[0]
 
 
@@ -584,7 +601,7 @@ def run_bench(lm: Any, lengths: list[int], repeats: int = 3, full_repeats: int |
                 pos = torch.arange(L - k, L, device=device)[None]
                 floor = []
                 for _ in range(repeats):
-                    floor.append(_timed(lambda: model(input_ids=suffix, position_ids=pos, past_key_values=base.cache,
+                    floor.append(_timed(lambda: model(input_ids=suffix, position_ids=pos, cache=base.cache,
                                                       use_cache=True, logits_to_keep=1))[1])
                     base.cache.crop(-k)
                 f_ms, s_ms, h_ms = statistics.median(full), statistics.median(store_ms), statistics.median(hot_ms)

@@ -6,23 +6,14 @@ import sys
 
 import typer
 
-from skillforge.cli import compile_cmd, model_cmd, registry_cmd, splice_cmd
+from skillforge.cli import bench_cmd, compile_cmd, eval_cmd, model_cmd, packs_cmd, registry_cmd, splice_cmd
 from skillforge.errors import SkillforgeError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Compile reused prompt segments into KV artifacts once; splice them into any context.")
 app.add_typer(model_cmd.app, name="model")
-compile_cmd.register(app)
-registry_cmd.register(app)
-splice_cmd.register(app)
-for optional in ("eval_cmd", "bench_cmd", "packs_cmd"):
-    try:
-        module = __import__(f"skillforge.cli.{optional}", fromlist=["register"])
-    except ModuleNotFoundError as exc:
-        if exc.name != f"skillforge.cli.{optional}":
-            raise
-        continue
-    module.register(app)
+for group in (compile_cmd, registry_cmd, splice_cmd, eval_cmd, bench_cmd, packs_cmd):
+    group.register(app)
 
 
 def main() -> None:

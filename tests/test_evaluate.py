@@ -1,0 +1,182 @@
+"""Eval and bench: metric math on constructed inputs, the case-file parser, and both runners end to end
+on a tiny random model (fast; the demo-model numbers come from `skillforge eval` / scripts/bench.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from skillforge.evaluate import (CaseError, first_word, format_bench, format_eval, kl, load_cases, logit_cosine, parse_cases,
+                                 recovery, run_bench, run_eval, top1)
+from skillforge.manifest import Manifest
+
+AGGREGATE_KEYS = {"cases", "logit_cosine_mean", "logit_cosine_min", "kl_mean", "top1_agreement", "greedy16_match",
+                  "reused_fraction", "skill_recompute_fraction", "ttft_full_ms_median", "ttft_splice_ms_median", "edits", "per_case"}
+EDIT_KEYS = {"cases", "top1_agreement", "first_word_agreement", "kl_mean", "recovery_mean", "computed_fraction"}
+BENCH_ROW_KEYS = {"tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "speedup_store", "speedup_hot", "bytes_per_token"}
+
+
+# -- metrics -----------------------------------------------------------------------------------------
+
+def test_identical_logits_agree_perfectly():
+    a = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert logit_cosine(a, a.clone()) == pytest.approx(1.0, abs=1e-12)
+    assert kl(a, a.clone()) == pytest.approx(0.0, abs=1e-12)
+    assert top1(a, a.clone())
+
+
+def test_perturbed_logits_diverge():
+    a = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    b = a + 0.5 * torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    b[int(a.argmax())] -= 100.0  # the old favourite drops out
+    assert kl(a, b) > 0
+    assert logit_cosine(a, b) < 1
+    assert not top1(a, b)
+
+
+def test_kl_matches_the_definition_and_is_asymmetric():
+    p = torch.tensor([2.0, 0.0, -1.0])
+    q = torch.tensor([0.0, 1.0, 0.0])
+    ps, qs = torch.softmax(p.double(), 0), torch.softmax(q.double(), 0)
+    assert kl(p, q) == pytest.approx(float((ps * (ps / qs).log()).sum()), rel=1e-12)
+    assert kl(p, q) != pytest.approx(kl(q, p))
+    assert kl(p, p + 3.0) == pytest.approx(0.0, abs=1e-12)  # a shift of every logit changes nothing
+
+
+def test_recovery_formula():
+    assert recovery(0.1, 0.4) == pytest.approx(0.75)
+    assert recovery(0.0, 0.4) == 1.0
+    assert recovery(0.8, 0.4) == pytest.approx(-1.0)
+    assert recovery(0.0, 0.0) == 1.0
+    assert recovery(0.1, 0.0) == 0.0
+
+
+def test_first_word():
+    assert first_word("No.") == "no"
+    assert first_word("  **Yes**, the passenger may travel") == "yes"
+    assert first_word("") == ""
+
+
+# -- case files --------------------------------------------------------------------------------------
+
+def test_case_file_bad_json_names_file_and_line(tmp_path: Path):
+    path = tmp_path / "cases.jsonl"
+    path.write_text('{"id": "a", "skills": ["s"], "user": "hi"}\n\n{"id": "b", "skills": ["s"], \n')
+    with pytest.raises(CaseError, match=rf"{path}:3: not valid JSON"):
+        load_cases(path)
+
+
+def test_case_file_unknown_key_names_file_line_and_key(tmp_path: Path):
+    path = tmp_path / "cases.jsonl"
+    path.write_text('{"id": "a", "skills": ["s"], "user": "hi"}\n{"id": "b", "skills": ["s"], "user": "hi", "sytem": "x"}\n')
+    with pytest.raises(CaseError, match=rf"{path}:2: unknown key 'sytem'"):
+        load_cases(path)
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"skills": ["s"], "user": "hi"}', "missing required key 'id'"),
+    ('{"id": "a", "skills": [], "user": "hi"}', "'skills' must be a non-empty list"),
+    ('{"id": "a", "skills": ["s"], "user": "hi", "set": {"t.f": "v"}}', "names skill 't'"),
+    ('{"id": "a", "skills": ["s"], "user": "hi", "set": {"s": "v"}}', "skill.field"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_case_parser_rejects(line: str, message: str):
+    with pytest.raises(CaseError, match=rf"cases.jsonl:1: .*{message}"):
+        parse_cases([line], "cases.jsonl")
+
+
+def test_case_parser_rejects_duplicate_ids():
+    line = '{"id": "a", "skills": ["s"], "user": "hi"}'
+    with pytest.raises(CaseError, match="x.jsonl:2: duplicate case id 'a' \\(first on line 1\\)"):
+        parse_cases([line, line], "x.jsonl")
+
+
+def test_bundled_case_files_parse():
+    root = Path(__file__).resolve().parent.parent / "evals"
+    cases = load_cases(root / "cases.jsonl")
+    edits = load_cases(root / "edits.jsonl")
+    assert len(cases) >= 30 and not any(c.set for c in cases)
+    assert len(edits) >= 12 and all(c.set for c in edits)
+    assert any(len(c.skills) == 1 for c in cases) and any(len(c.skills) >= 2 for c in cases)
+    assert any(len(c.skills) == 3 for c in cases)
+    assert any(not c.system for c in cases) and any(len(c.system) > 200 for c in cases)
+
+
+# -- runners on a tiny random model -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny(demo_tokenizer):
+    try:
+        import tiny_models
+    except ImportError:
+        tiny_models = None
+    if tiny_models is not None:
+        return tiny_models.build("llama", demo_tokenizer)
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from skillforge.model.loader import LoadedModel
+
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa", dtype=torch.float32)
+    return LoadedModel.from_parts(model, demo_tokenizer, name="tiny-llama")
+
+
+SKILLS = [
+    Manifest.from_dict({"name": "gate", "version": "1.0.0", "template":
+                        "The account role is: {{role}}.\nOnly verified_admin may approve a refund. Answer Yes or No first.\n"
+                        "Reminder: the role is {{role}}.",
+                        "fields": {"role": {"default": "verified_admin", "description": "role", "label": "The account role"}}},
+                       source="test:gate"),
+    Manifest.from_dict({"name": "tone", "version": "0.1.0", "template": "Answer briefly and politely. Never invent facts."},
+                       source="test:tone"),
+]
+CASES = [
+    {"id": "one", "skills": ["gate"], "user": "Can this account approve the refund?"},
+    {"id": "two", "skills": ["tone", "gate"], "system": "You are a support agent.", "user": "Can I get a refund?"},
+    {"id": "edit", "skills": ["tone", "gate"], "set": {"gate.role": "guest"}, "user": "Can this account approve the refund?"},
+]
+
+
+def test_eval_end_to_end_on_tiny_model(tiny):
+    doc = run_eval(tiny, CASES, skills=SKILLS)
+    assert AGGREGATE_KEYS <= set(doc) and EDIT_KEYS <= set(doc["edits"])
+    assert doc["cases"] == 2 and doc["edits"]["cases"] == 1 and len(doc["per_case"]) == 3
+    one = doc["per_case"][0]
+    # a lone skill right behind its anchor is exact: the splice is a recompute of nothing but the user turn
+    assert one["top1"] and one["greedy16_match"] and one["kl"] < 1e-6 and one["logit_cosine"] > 0.99999
+    assert one["repaired"] == 0
+    two = doc["per_case"][1]
+    assert two["repaired"] > 0  # skills that follow other text get their seam recomputed
+    assert 0 < doc["reused_fraction"] < 1 and 0 < doc["skill_recompute_fraction"] < 1
+    edit = doc["per_case"][2]
+    assert edit["tokens_computed"] > 0 and 0 < doc["edits"]["computed_fraction"] < 1
+    assert math.isfinite(edit["recovery"])
+    json.dumps(doc)  # the contract is plain JSON
+    assert "one" in format_eval(doc) and "edits (field+erratum)" in format_eval(doc)
+
+
+def test_eval_recompute_mode_is_exact_and_baselines_run(tiny):
+    doc = run_eval(tiny, CASES[:1] + CASES[2:], skills=SKILLS, edit_mode="recompute")
+    edit = doc["per_case"][1]
+    assert edit["computed_fraction"] == 1.0
+    for baseline in ("plain", "no-rotation"):
+        other = run_eval(tiny, CASES[1:2], skills=SKILLS, baseline=baseline)
+        assert other["baseline"] == baseline and other["cases"] == 1
+        assert other["skill_recompute_fraction"] == 0.0
+
+
+def test_bench_on_tiny_model(tiny, tmp_path: Path):
+    doc = run_bench(tiny, [32, 64], repeats=1)
+    assert {"model", "device", "rows", "compile_tokens_per_s", "bare_forward_tokens_per_s"} <= set(doc)
+    assert [r["tokens"] for r in doc["rows"]] == [32, 64]
+    for row in doc["rows"]:
+        assert BENCH_ROW_KEYS <= set(row)
+        assert all(row[k] > 0 for k in BENCH_ROW_KEYS)
+    assert doc["compile_tokens_per_s"] > 0 and doc["bare_forward_tokens_per_s"] > 0
+    assert "speedup_hot" in format_bench(doc)
