@@ -63,18 +63,18 @@ class RopeSpec:
         The arithmetic runs in float32 whatever the cache dtype; non-rotary dims are copied unchanged.
         """
         spec = self.layers[layer]
-        rd = spec.rotary_dim
+        rd, half = spec.rotary_dim, spec.rotary_dim // 2
         x = keys[..., :rd].to(torch.float32)
         if spec.interleaved:
             x1, x2 = x[..., 0::2], x[..., 1::2]
         else:
-            x1, x2 = x[..., : rd // 2], x[..., rd // 2 :]
-        r1 = x1 * cos - x2 * sin
-        r2 = x2 * cos + x1 * sin
-        rotated = torch.stack((r1, r2), dim=-1).flatten(-2) if spec.interleaved else torch.cat((r1, r2), dim=-1)
+            x1, x2 = x[..., :half], x[..., half:]
         if out is None:
             out = torch.empty_like(keys)
-        out[..., :rd] = rotated.to(out.dtype)
+        # written straight into the destination slices: no concatenated temporary of the whole key
+        first, second = (out[..., 0:rd:2], out[..., 1:rd:2]) if spec.interleaved else (out[..., :half], out[..., half:rd])
+        first.copy_(x1 * cos - x2 * sin)
+        second.copy_(x2 * cos + x1 * sin)
         if rd < keys.shape[-1]:
             out[..., rd:] = keys[..., rd:]
         return out

@@ -23,8 +23,9 @@ class SpliceLayer(CacheLayerMixin):
 
     def __init__(self, heads: int, capacity: int, k_dim: int, v_dim: int, dtype: torch.dtype, device: str | torch.device):
         super().__init__()
-        self.keys = torch.zeros(1, heads, capacity, k_dim, dtype=dtype, device=device)
-        self.values = torch.zeros(1, heads, capacity, v_dim, dtype=dtype, device=device)
+        # uninitialised on purpose: splice writes every slot below `length` (reused or computed)
+        self.keys = torch.empty(1, heads, capacity, k_dim, dtype=dtype, device=device)
+        self.values = torch.empty(1, heads, capacity, v_dim, dtype=dtype, device=device)
         self.device = self.keys.device
         self.length = 0
         self.write_slots: torch.Tensor | None = None
@@ -40,7 +41,7 @@ class SpliceLayer(CacheLayerMixin):
         new = max(needed, capacity * 2)
         for name in ("keys", "values"):
             old = getattr(self, name)
-            grown = old.new_zeros(*old.shape[:2], new, old.shape[3])
+            grown = old.new_empty(*old.shape[:2], new, old.shape[3])
             grown[:, :, :capacity] = old
             setattr(self, name, grown)
 

@@ -85,6 +85,9 @@ class Runtime:
     """Splices artifacts for one loaded model. Holds the hot cache; reuse one Runtime per process."""
 
     def __init__(self, lm: LoadedModel, registry: Any = None, store: Any = None, hot_bytes: int = DEFAULT_HOT_BYTES, repair: Repair | None = None):
+        # Let SDPA attend over the cache's KV heads directly instead of repeating them per query head
+        # (transformers otherwise copies the whole cache per layer when a mask is given); same math.
+        os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
         self.lm = lm
         self.registry = registry
         self.store = store
