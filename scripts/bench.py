@@ -66,10 +66,10 @@ def eval_row(name: str, d: dict) -> str:
 
 def render(results: dict, env: str, plot: str | None) -> str:
     ev = results["eval"]
-    lines = [START, "", "## Results", "",
+    lines = [START, "",
              f"Measured by `scripts/bench.py` on {env}, {time.strftime('%Y-%m-%d')}. Timings are wall-clock medians; "
              "on a shared CPU they are noisy.", "",
-             f"### Splice against full recompute ({ev['default']['cases']} contexts, `evals/cases.jsonl`)", "",
+             f"### Splice against full recompute ({ev['default']['cases']} contexts, `{results['cases_file']}`)", "",
              "| setting | top-1 agreement | greedy-16 match | KL mean | cosine min | reused of prompt | skill tokens recomputed | TTFT full ms | TTFT splice ms |",
              "|---|---|---|---|---|---|---|---|---|"]
     lines.append(eval_row(f"default ({ev['default']['repair']})", ev["default"]))
@@ -78,7 +78,7 @@ def render(results: dict, env: str, plot: str | None) -> str:
     lines.append(eval_row("baseline: no rotation", ev["no-rotation"]))
     lines.append(eval_row("baseline: plain (no anchor, no seam)", ev["plain"]))
     ed = results["edits"]["edits"]
-    lines += ["", f"### Field edits ({ed['cases']} gated decisions, `evals/edits.jsonl`, edit mode {results['edits']['edit_mode']})", "",
+    lines += ["", f"### Field edits ({ed['cases']} gated decisions, `{results['edits_file']}`, edit mode {results['edits']['edit_mode']})", "",
               "| top-1 agreement with oracle | first-word agreement | KL mean (stale) | recovery mean | computed of the skill | oracle decision flips |",
               "|---|---|---|---|---|---|",
               f"| {f(ed['top1_agreement'])} | {f(ed['first_word_agreement'])} | {f(ed['kl_mean'], 4)} ({f(ed['kl_stale_mean'], 4)}) | "
@@ -98,13 +98,18 @@ def render(results: dict, env: str, plot: str | None) -> str:
     return "\n".join(lines)
 
 
+def _shown(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
+
+
 def update_readme(readme: Path, section: str) -> None:
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""
     if START in text and END in text and text.index(START) < text.index(END):
         a, b = text.index(START), text.index(END) + len(END)
         text = text[:a] + section + text[b:]
     else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section + "\n"
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + "## Results\n\n" + section + "\n"
     tmp = readme.with_suffix(readme.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, readme)
@@ -149,7 +154,7 @@ def main() -> None:
             f"({time.time() - t:.0f} s)")
         return d
 
-    results: dict = {"machine": env, "eval": {}, "curve": {}}
+    results: dict = {"machine": env, "eval": {}, "curve": {}, "cases_file": _shown(args.cases), "edits_file": _shown(args.edits)}
     results["eval"]["default"] = ev("default")
     for baseline in ("no-rotation", "plain"):
         results["eval"][baseline] = ev(baseline, baseline=baseline)
