@@ -21,15 +21,13 @@ def register(app: typer.Typer) -> None:
                raw: bool = typer.Option(False, "--raw", help="no chat template (base models)"),
                as_json: bool = JsonOpt) -> None:
         """Splice compiled skills into a new context and generate."""
-        from skillforge.errors import BadReference
+        from skillforge.refs import parse_field_assignment
         from skillforge.runtime import Context, Repair, Runtime
 
         assignments = {}
         for item in set_:
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise BadReference(f"invalid --set {item!r}: expected <skill>.<field>=<value>")
-            assignments[key.strip()] = value
+            skill_name, field, value = parse_field_assignment(item)
+            assignments[f"{skill_name}.{field}"] = value
         lm = load(model, device, dtype)
         rt = Runtime(lm, open_registry(), open_store(), repair=Repair.parse(seam, repair))
         ctx = Context(skills=skill, system=system, user=user, raw=raw, set=assignments)

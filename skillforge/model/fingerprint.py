@@ -70,12 +70,14 @@ def weights_digest(files: list[Path]) -> str:
 
 def state_dict_digest(model: Any) -> str:
     """Digest of in-memory weights, for models that have no files (built from a config in tests)."""
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(name.encode())
         h.update(str(t.dtype).encode())
-        h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
+        h.update(t.view(-1).view(dtype=torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -77,9 +77,9 @@ def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, 
         if not changed:
             continue
         values = {**r.meta.field_values, **changed}
-        new_text = manifest.render(values).text
+        rendered = manifest.render(values)
+        new_text = rendered.text
         errata = [erratum_template.format(label=manifest.fields[k].label, value=v, field=k) for k, v in changed.items()]
-        effective = mode
         if mode == "in-place":
             _check_same_length(tok, r, changed)
         if mode == "recompute":
@@ -90,14 +90,14 @@ def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, 
             plan.texts[i] = new_text
         if mode in ("erratum", "field+erratum", "auto"):
             plan.errata.extend(errata)
-        spans = manifest.render(values).spans if effective != "erratum" else []
+        spans = rendered.spans if mode != "erratum" else []
         for n, (k, v) in enumerate(changed.items()):
             plan.report.append({
-                "skill": r.meta.skill, "field": k, "old": r.meta.field_values.get(k), "new": v, "mode": effective,
+                "skill": r.meta.skill, "field": k, "old": r.meta.field_values.get(k), "new": v, "mode": mode,
                 # resolved to token counts by the splice, which knows what it computed
                 "_skill": i,
-                "_spans": [(a, b) for name, a, b in spans if name == k] if effective != "recompute" else None,
-                "_erratum": len(plan.errata) - len(errata) + n if effective != "in-place" and effective != "recompute" else None,
+                "_spans": [(a, b) for name, a, b in spans if name == k] if mode != "recompute" else None,
+                "_erratum": len(plan.errata) - len(errata) + n if mode not in ("in-place", "recompute") else None,
             })
     return plan
 
