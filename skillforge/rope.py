@@ -73,8 +73,13 @@ class RopeSpec:
             out = torch.empty_like(keys)
         # written straight into the destination slices: no concatenated temporary of the whole key
         first, second = (out[..., 0:rd:2], out[..., 1:rd:2]) if spec.interleaved else (out[..., :half], out[..., half:rd])
-        first.copy_(x1 * cos - x2 * sin)
-        second.copy_(x2 * cos + x1 * sin)
+        if first.dtype == torch.float32:
+            # fused into the destination slices: no temporary of the rotated keys
+            torch.mul(x1, cos, out=first).addcmul_(x2, sin, value=-1)
+            torch.mul(x2, cos, out=second).addcmul_(x1, sin)
+        else:
+            first.copy_(x1 * cos - x2 * sin)
+            second.copy_(x2 * cos + x1 * sin)
         if rd < keys.shape[-1]:
             out[..., rd:] = keys[..., rd:]
         return out

@@ -319,3 +319,27 @@ def test_unshiftable_rope_is_refused(tok, family, kind):
         compile_skill(lm, manifest("a", SKILL_A))
     with pytest.raises(UnsupportedModel, match=kind):
         Runtime(lm)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3", "mistral"])
+def test_forward_passes_split_by_position_change_nothing(tok, family, monkeypatch):
+    """The computed tokens in several position-ordered passes (each attending only to the cache up to
+    its last token) give the same cache and logits as one pass over everything, windows included."""
+    from skillforge.runtime import passes
+
+    lm = lm_for(family, tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    rt = Runtime(lm)
+    ctx = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
+    repair = Repair(seam=4, blend=0)
+    monkeypatch.setitem(passes.PASS_COST, "cpu", 10**9)
+    one = rt.splice(ctx, skills=[a, b], repair=repair)
+    monkeypatch.setitem(passes.PASS_COST, "cpu", 0)
+    split = rt.splice(ctx, skills=[a, b], repair=repair)
+    assert len(passes.plan_passes(split.computed_positions, 0)) > 2  # prefix, each seam, the user turn
+    assert torch.equal(one.computed_positions, split.computed_positions)
+    n = one.input_ids.shape[1]
+    for x, y in zip(one.cache.layers, split.cache.layers):
+        torch.testing.assert_close(x.keys[:, :, :n], y.keys[:, :, :n], atol=1e-5, rtol=0)
+        torch.testing.assert_close(x.values[:, :, :n], y.values[:, :, :n], atol=1e-5, rtol=0)
+    torch.testing.assert_close(rt.next_logits(one), rt.next_logits(split), atol=1e-4, rtol=0)

@@ -9,9 +9,10 @@ load; recently used ones stay in memory); (2) render and tokenize the prompt exa
 would and align each skill's tokens with it; (3) allocate one cache at its final length and write
 every reused key, rotated from its compile position to its new one, and every value into its slot;
 (4) choose the tokens to recompute: every token no artifact covers (template pieces, system and user
-text, boundary tokens that tokenized differently) plus the repair set; (5) compute them all in one
-forward pass against the assembled cache. The last prompt token is left for the caller's first
-decoding step, so the result plugs into `model.generate`.
+text, boundary tokens that tokenized differently) plus the repair set; (5) compute them and the last
+prompt token against the assembled cache, in a few position-ordered passes (runtime/passes.py). The
+cache then holds every prompt token but the last, so the result plugs into `model.generate`, and the
+last token's logits (the first decoding step) come with it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from skillforge.runtime.cache import SpliceCache
 from skillforge.runtime.hotcache import HotCache
 from skillforge.runtime.layout import Prompt, align, build_prompt
 from skillforge.runtime.masks import scattered_mask
+from skillforge.runtime.passes import PASS_COST, plan_passes
 from skillforge.runtime.repair import Repair, select_repair
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -59,7 +61,8 @@ class Context:
 
 @dataclass
 class SpliceResult:
-    """An assembled cache covering every prompt token but the last, and how it was made."""
+    """An assembled cache covering every prompt token but the last, the logits after the last, and how
+    they were made."""
 
     cache: SpliceCache
     input_ids: torch.Tensor
@@ -70,6 +73,8 @@ class SpliceResult:
     skill_tokens: int
     artifacts: list[str]
     edits: list[dict] = field(default_factory=list)
+    computed_positions: torch.Tensor | None = None  # every position the splice computed, the last included
+    logits: torch.Tensor | None = None  # after the last prompt token (its KV sits in the slot after the cache)
     splice_ms: float = 0.0
 
 
@@ -178,19 +183,11 @@ class Runtime:
         for p in chosen:
             reused[p] = False
 
-        # Compute every other token but the last in one pass against the assembled cache.
-        compute = (~reused[: L - 1]).nonzero().flatten()
+        # Compute every token no artifact supplied, and the last prompt token, whose logits are the
+        # first decoding step: one forward fewer than leaving it to the caller.
+        compute = torch.cat([(~reused[: L - 1]).nonzero().flatten(), torch.tensor([L - 1])])
+        logits = self.compute(cache, torch.tensor(prompt.ids, device=device), compute)
         cache.set_length(L - 1)
-        if compute.numel():
-            ids = torch.tensor(prompt.ids, device=device)
-            q = compute.to(device)
-            cache.scatter_next_update(q)
-            try:
-                self.lm.model(input_ids=ids[q][None], position_ids=q[None],
-                              attention_mask=scattered_mask(self.lm.config.get_text_config(), q, L - 1, dtype),
-                              cache=cache, use_cache=True, logits_to_keep=1)
-            finally:
-                cache.scatter_next_update(None)
         n_reused = int(reused[: L - 1].sum())
         return SpliceResult(
             cache=cache,
@@ -202,8 +199,32 @@ class Runtime:
             skill_tokens=skill_tokens,
             artifacts=[r.digest for r in resolved if r.digest],
             edits=edits,
+            computed_positions=compute,
+            logits=logits,
             splice_ms=(time.perf_counter() - t0) * 1000,
         )
+
+    def compute(self, cache: SpliceCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Forward the tokens at sorted `positions` against `cache`, writing their KV into their slots.
+
+        Runs in position-ordered passes, each attending only to the cache up to its last token
+        (runtime/passes.py). Returns the logits [vocab] (float32) of the last position.
+        """
+        device = ids.device
+        dtype = cache.layers[0].keys.dtype
+        pass_cost = PASS_COST["cpu" if device.type == "cpu" else "accelerator"]
+        for group in plan_passes(positions, pass_cost):
+            q = group.to(device)
+            kv_len = int(group[-1]) + 1
+            cache.set_length(kv_len)
+            cache.scatter_next_update(q)
+            try:
+                out = self.lm.model(input_ids=ids[q][None], position_ids=q[None],
+                                    attention_mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype),
+                                    cache=cache, use_cache=True, logits_to_keep=1)
+            finally:
+                cache.scatter_next_update(None)
+        return out.logits[0, -1].float()
 
     def _splice_auto(self, context: Context, resolved: list[Resolved], repair: Repair, t0: float) -> SpliceResult:
         """Pick in-place when its next-token decision equals field+erratum's, else field+erratum."""
@@ -246,14 +267,11 @@ class Runtime:
                 ck[:, c : c + n] = k[:, a : a + n]
             cv[:, c : c + n] = v[:, a : a + n]
 
-    @torch.no_grad()
     def next_logits(self, result: SpliceResult) -> torch.Tensor:
-        """Feed the last prompt token (the first decoding step) -> next-token logits [vocab] (float32)."""
-        L = result.input_ids.shape[1]
-        pos = torch.tensor([[L - 1]], device=result.input_ids.device)
-        out = self.lm.model(input_ids=result.input_ids[:, -1:], position_ids=pos, cache=result.cache,
-                            use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1].float()
+        """Logits [vocab] (float32) after the whole prompt: the first decoding step, which the splice
+        already computed. Leaves the cache holding every prompt token (crop(-1) undoes that)."""
+        result.cache.set_length(result.input_ids.shape[1])
+        return result.logits
 
     @torch.no_grad()
     def generate(self, result: SpliceResult, max_new_tokens: int = 64) -> tuple[list[int], float]:
