@@ -321,7 +321,7 @@ def test_unshiftable_rope_is_refused(tok, family, kind):
         Runtime(lm)
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "mistral"])
+@pytest.mark.parametrize("family", tm.SHIFTABLE)
 def test_forward_passes_split_by_position_change_nothing(tok, family, monkeypatch):
     """The computed tokens in several position-ordered passes (each attending only to the cache up to
     its last token) give the same cache and logits as one pass over everything, windows included."""

@@ -118,7 +118,9 @@ class Runtime:
         meta, kv = artifact.load(path)
         check_fingerprint(meta, self.lm, row.digest)
         device = self.lm.model.device
-        kv = [(k.to(device).clone(), v.to(device).clone()) for k, v in kv]  # materialize: no disk on the next hit
+        # On a CPU the hot cache keeps the artifact's memory map (no copy: its pages stay mapped and in
+        # the page cache, so the next hit reads memory); on an accelerator this copies the KV over.
+        kv = [(k.to(device), v.to(device)) for k, v in kv]
         resolved = Resolved(meta, kv, row.digest)
         self.hot.put(row.digest, resolved, sum(k.nbytes + v.nbytes for k, v in kv))
         return resolved
@@ -213,15 +215,20 @@ class Runtime:
         device = ids.device
         dtype = cache.layers[0].keys.dtype
         pass_cost = PASS_COST["cpu" if device.type == "cpu" else "accelerator"]
-        for group in plan_passes(positions, pass_cost):
+        groups = plan_passes(positions, pass_cost)
+        for n, group in enumerate(groups):
             q = group.to(device)
             kv_len = int(group[-1]) + 1
             cache.set_length(kv_len)
             cache.scatter_next_update(q)
+            last = n == len(groups) - 1
+            # passes before the last only fill the cache: the base model, without the LM head
+            model = self.lm.model if last else self.lm.model.base_model
+            kwargs = {"logits_to_keep": 1} if last else {}
             try:
-                out = self.lm.model(input_ids=ids[q][None], position_ids=q[None],
-                                    attention_mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype),
-                                    cache=cache, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=ids[q][None], position_ids=q[None],
+                            attention_mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype),
+                            cache=cache, use_cache=True, **kwargs)
             finally:
                 cache.scatter_next_update(None)
         return out.logits[0, -1].float()
