@@ -343,3 +343,41 @@ def test_forward_passes_split_by_position_change_nothing(tok, family, monkeypatc
         torch.testing.assert_close(x.keys[:, :, :n], y.keys[:, :, :n], atol=1e-5, rtol=0)
         torch.testing.assert_close(x.values[:, :, :n], y.values[:, :, :n], atol=1e-5, rtol=0)
     torch.testing.assert_close(rt.next_logits(one), rt.next_logits(split), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", tm.SHIFTABLE)
+def test_blend_of_every_reused_token_is_exact(tok, family):
+    """Blend with a budget of every candidate: the probe (the model's own attention, recorded at the
+    probe layer) runs on every architecture, every moved token is recomputed, and the result is exact.
+    The attention registry is left as it was."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    lm = lm_for(family, tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    local_before = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    rt = Runtime(lm)
+    repair = Repair(seam=0, blend=1.0, blend_per_unseen=float("inf"), min_blend=1)
+    result = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=repair)
+    assert ALL_ATTENTION_FUNCTIONS._local_mapping == local_before
+    assert result.repaired >= len(a.meta.token_ids) + len(b.meta.token_ids) - 4
+    diff = float((rt.next_logits(result) - full_logits(lm, result.prompt.ids)).abs().max())
+    assert diff < LOGIT_ATOL, f"{family}: blend of everything differs from a full forward by {diff}"
+
+
+def test_blend_picks_only_tokens_that_deviate(tok):
+    """Sliding windows make the tail of a moved skill exact, so its keys match a fresh prefill: a blend
+    budget must go to tokens near the skill's start, whose keys (at the probe layer) really deviate."""
+    from skillforge.runtime.repair import _deviating
+
+    lm = lm_for("mistral", tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    rt = Runtime(lm)
+    stale = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=Repair(seam=0, blend=0))
+    positions = stale.prompt.tokens_within(*stale.prompt.skill_spans[1])[:-1]
+    layer = 1
+    fresh_keys = full_kv(lm, stale.prompt.ids)[layer][0]
+    spliced = stale.cache.layers[layer].keys[0]
+    deviates = {p for p in positions if float((fresh_keys[:, p] - spliced[:, p]).abs().max()) > 1e-4}
+    assert 0 < len(deviates) < len(positions) / 2  # the window leaves most of b exact
+    chosen = _deviating(rt, layer, stale.prompt, positions, stale.cache, budget=8)
+    assert len(chosen) == 8 and set(chosen) <= deviates

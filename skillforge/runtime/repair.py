@@ -5,11 +5,14 @@ skills). A skill right behind the anchor it was compiled behind is exact and get
 others, two repairs combine:
   seam K   recompute the first K tokens of each skill (EPIC's LegoLink, the paper's seam repair):
            they carry the most prefix-dependent state and act as false attention sinks.
-  blend R  CacheBlend-style: recompute the reused tokens whose keys deviate most from a true
-           prefill at an early layer (the 4th: on the demo model it picked better tokens than the
-           2nd and as good as the 7th). Measuring the deviation costs a forward of the first
-           layers over the prompt up to the last candidate, so it only pays when there is
-           something to recover.
+  blend R  CacheBlend-style selective recompute, with attention in the choice: of the reused tokens,
+           recompute those whose keys deviate most from a true prefill at an early layer (the 4th),
+           weighted by the attention the user turn pays them at that layer. Deviation alone (plain
+           CacheBlend) spends the budget on tokens nobody reads: on the 16 composed demo contexts the
+           weighting took top-1 from 0.88 to 1.00 and greedy-16 from 0.50 to 0.75 at the same budget
+           (weighting by recency instead: 0.94 / 0.69; probing the 2nd layer: worse, the 7th: same).
+           Measuring costs a forward of the first layers over the prompt, so it only pays when there
+           is something to recover.
 The default (`auto`) sizes blend by what the skills missed: at most R of the context's skill tokens
 and at most one token per unseen token before the skill, and skips it below `min_blend` tokens. A
 short system text before a long skill then costs 16 seam tokens; a skill spliced after a 1,000-token
@@ -20,11 +23,11 @@ is where the error is: KL 0.09 -> 0.004 for a style guide spliced after a policy
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache
 
 from skillforge.errors import BadReference
 
@@ -74,19 +77,31 @@ class _Stop(Exception):
     pass
 
 
-class _ProbeCache(DynamicCache):
-    """Records one layer's fresh keys during a forward, then stops it (the rest is not needed)."""
+@contextmanager
+def _recording_attention(model: Any, layer: int, seen: dict[str, torch.Tensor]):
+    """Run the model's own attention, but at `layer` record its (post-RoPE) queries and keys and stop the
+    forward there. Swaps the attention function in transformers' registry for the duration."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    def __init__(self, layer: int):
-        super().__init__()
-        self.target = layer
-        self.keys: torch.Tensor | None = None
+    name = model.config._attn_implementation or "sdpa"
+    before = ALL_ATTENTION_FUNCTIONS._local_mapping.get(name)
+    original = ALL_ATTENTION_FUNCTIONS.get(name, sdpa_attention_forward)  # eager: its SDPA equivalent
 
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        if layer_idx == self.target:
-            self.keys = key_states
+    def record(module, query, key, value, attention_mask, **kwargs):
+        if getattr(module, "layer_idx", None) == layer:
+            seen.update(query=query, key=key, scaling=torch.tensor(kwargs.get("scaling") or query.shape[-1] ** -0.5))
             raise _Stop
-        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    ALL_ATTENTION_FUNCTIONS[name] = record
+    try:
+        yield
+    finally:
+        if before is None:
+            del ALL_ATTENTION_FUNCTIONS[name]
+        else:
+            ALL_ATTENTION_FUNCTIONS[name] = before
 
 
 def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
@@ -121,18 +136,29 @@ def select_repair(runtime: Any, repair: Repair, prompt: "Prompt", resolved: list
 
 @torch.no_grad()
 def _deviating(runtime: Any, layer: int, prompt: "Prompt", candidates: list[int], cache: Any, budget: int) -> list[int]:
-    """The `budget` candidates whose spliced keys at `layer` differ most from a fresh prefill's."""
+    """The `budget` candidates that matter most: how far their spliced keys at `layer` are from a fresh
+    prefill's, times the attention the user turn pays them there (a deviating token nobody reads costs
+    nothing). Measured by a forward of the first layers over the whole prompt."""
     model = runtime.lm.model
     layer = min(layer, len(cache.layers) - 1)  # shallow models: probe their last layer
-    ids = torch.tensor([prompt.ids[: max(candidates) + 1]], device=model.device)
-    probe = _ProbeCache(layer)
-    try:
-        model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=probe, use_cache=True, logits_to_keep=1)
-    except _Stop:
-        pass
-    fresh = probe.keys[0]  # [heads, tokens, dim]
-    idx = torch.tensor(candidates, device=fresh.device)
-    spliced = cache.layers[layer].keys[0][:, idx]
-    deviation = (fresh[:, idx].float() - spliced.float()).norm(dim=-1).sum(0)
-    top = deviation.topk(min(budget, idx.numel())).indices
+    ids = torch.tensor([prompt.ids], device=model.device)
+    seen: dict[str, torch.Tensor] = {}
+    with _recording_attention(model, layer, seen):
+        try:
+            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
+        except _Stop:
+            pass
+    q, k = seen["query"][0].float(), seen["key"][0].float()  # [heads, L, dim], [kv_heads, L, dim]
+    idx = torch.tensor(candidates, device=k.device)
+    spliced = cache.layers[layer].keys[0][:, idx].float()
+    deviation = (k[:, idx] - spliced).norm(dim=-1).sum(0)
+    # the user turn: every token after the last skill or erratum (at least the last token)
+    ends = [e for _, e in [*prompt.skill_spans, *prompt.errata_spans]]
+    tail = [i for i, (a, b) in enumerate(prompt.offsets) if a >= max(ends, default=0) and b > a] or [len(prompt.ids) - 1]
+    t0 = tail[0]
+    groups = q.shape[0] // k.shape[0]
+    scores = (q[:, t0:] @ k.repeat_interleave(groups, 0).transpose(-1, -2)) * seen["scaling"]
+    causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool, device=k.device).tril(t0)
+    attention = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(dim=(0, 1))  # [L]
+    top = (deviation * attention[idx]).topk(min(budget, idx.numel())).indices
     return idx[top].tolist()
