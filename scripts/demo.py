@@ -47,7 +47,7 @@ def main() -> None:
     print(f"user       {args.user}")
     print(f"answer     {spliced.strip()}")
     print(f"full       {'identical' if full == spliced else 'differs: ' + full.strip()}")
-    print(f"reused     {result.reused} tokens, computed {result.computed} ({result.repaired} seam)")
+    print(f"reused     {result.reused} tokens, computed {result.computed} ({result.repaired} of them repair)")
     print(f"TTFT       splice {ttft_splice:.0f} ms vs full prefill {ttft_full:.0f} ms: {ttft_full / ttft_splice:.1f}x faster")
 
 
