@@ -322,9 +322,9 @@ def test_unshiftable_rope_is_refused(tok, family, kind):
 
 
 @pytest.mark.parametrize("family", tm.SHIFTABLE)
-def test_forward_passes_split_by_position_change_nothing(tok, family, monkeypatch):
-    """The computed tokens in several position-ordered passes (each attending only to the cache up to
-    its last token) give the same cache and logits as one pass over everything, windows included."""
+def test_grouped_attention_changes_nothing(tok, family, monkeypatch):
+    """Attention split into position-ordered groups of queries (each over the cache up to its last
+    token) gives the same cache and logits as one masked call over everything, windows included."""
     from skillforge.runtime import passes
 
     lm = lm_for(family, tok)

@@ -101,3 +101,27 @@ def test_align_reuses_around_a_changed_token():
     blocks = align([1, 2, 3, 4, 5, 6], [1, 2, 9, 9, 4, 5, 6])
     assert [(b.art_start, b.ctx_start, b.length) for b in blocks] == [(0, 0, 2), (3, 4, 3)]
     assert align([1, 2], [1, 2])[0].length == 2 and align([], [3]) == []
+
+
+def test_released_cache_is_reused_by_the_next_splice(compiled):
+    lm, registry, store = compiled
+    rt = Runtime(lm, registry, store)
+    ctx = Context(skills=["pirate-voice"], system="Be brief.", user="Hello?")
+    first = rt.splice(ctx)
+    expected = rt.next_logits(first).clone()
+    buffers = [l.keys.data_ptr() for l in first.cache.layers]
+    rt.release(first)
+    assert first.cache is None and len(rt.pool.caches) == 1
+    second = rt.splice(ctx)  # same size: takes the released memory
+    assert [l.keys.data_ptr() for l in second.cache.layers] == buffers and not rt.pool.caches
+    assert torch.equal(rt.next_logits(second), expected)
+    longer = rt.splice(Context(skills=["pirate-voice", "json-contract"], system="Be brief.", user="Hello?"))
+    assert [l.keys.data_ptr() for l in longer.cache.layers] != buffers  # too small to reuse: fresh memory
+
+
+def test_cache_pool_is_bounded_by_bytes(compiled):
+    lm, registry, store = compiled
+    rt = Runtime(lm, registry, store, pool_bytes=1)
+    result = rt.splice(Context(skills=["pirate-voice"], user="Hello?"))
+    rt.release(result)
+    assert rt.pool.caches == []  # larger than the pool: dropped, not kept

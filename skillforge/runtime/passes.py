@@ -1,26 +1,33 @@
-"""Group the tokens a splice computes into forward passes, so early tokens do not pay for late keys.
+"""Group the tokens a splice computes by position, so early tokens do not pay for late keys.
 
 The computed tokens of a splice are scattered: template pieces and a seam near the start, repaired
-tokens inside the skills, the user turn at the end. Computed in one pass, every query attends over the
-whole assembled cache (the mask hides what it must not see, but the kernel still multiplies it), so a
-seam token at position 20 of an 8,000-token prompt costs as much attention as the last token. Passes
-ordered by position keep causality (each pass sees the KV written by the earlier ones) and let a pass
-attend only to the cache up to its last query. Attention is the dominant cost of a long splice on a
-CPU: for the demo model, 49 queries over 8,033 keys take 0.49 s of a 1.35 s splice.
+tokens inside the skills, the user turn at the end. With one attention call per layer, every query
+attends over the whole assembled cache (the mask hides what it must not see, but the kernel still
+multiplies it), so a seam token at position 20 of an 8,000-token prompt costs as much attention as the
+last token. Attention is the dominant cost of a long splice on a CPU: for the demo model, 49 queries
+over 8,033 keys took 0.49 s of a 1.35 s splice.
 
-The split minimises sum(queries x keys) + one pass's fixed cost per pass, by dynamic programming over
-the sorted positions (split points thinned to at most MAX_CANDIDATES so planning stays cheap).
+So the queries are split into position-ordered groups, and within the one forward pass each group
+attends only to the cache up to its last token (`grouped_attention`). This is the same computation
+as the full masked call minus blocks the mask zeroes: all new KV is written before attention runs,
+and each group's slice of the mask keeps it causal. The split minimises sum(queries x keys) plus a
+fixed cost per group (one more attention call per layer), by dynamic programming over the sorted
+positions (split points thinned to at most MAX_CANDIDATES so planning stays cheap).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Any, Iterator
+
 import torch
 
-# Fixed cost of one extra forward pass, in query x key units. Demo model on a 2-core CPU: a forward of
-# one token costs ~80 ms (reading 540 MB of float32 weights), one query over 8k keys ~10 ms across the
-# 30 layers, so a pass is worth ~8 queries x 8k keys. On an accelerator attention is cheap and a pass
-# is kernel launches, so splitting rarely pays there.
-PASS_COST = {"cpu": 65_536, "accelerator": 4_000_000}
+from skillforge.runtime.attention import wrapped_attention
+
+# Fixed cost of one more group, in query x key units: an attention call per layer (~0.05 ms on a CPU,
+# where one query over 8k keys costs ~0.3 ms per layer). On an accelerator attention over the cache
+# is cheap next to a kernel launch, so splitting rarely pays there.
+PASS_COST = {"cpu": 2_048, "accelerator": 1_000_000}
 MAX_PASSES = 4
 MAX_CANDIDATES = 256
 
@@ -61,3 +68,29 @@ def plan_passes(positions: torch.Tensor, pass_cost: int, max_passes: int = MAX_P
         j, p = i, p - 1
     bounds = [0, *reversed(cuts), m]
     return [positions[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@contextmanager
+def grouped_attention(model: Any, groups: list[torch.Tensor]) -> Iterator[None]:
+    """For one forward over the concatenated `groups` (sorted positions): every attention layer runs
+    one call per group, over the keys up to the group's last position and its rows of the mask."""
+    if len(groups) <= 1:
+        yield
+        return
+    bounds, start = [], 0
+    for g in groups:
+        bounds.append((start, start + g.numel(), int(g[-1]) + 1))
+        start += g.numel()
+
+    def split(original):
+        def attention(module, query, key, value, attention_mask, **kwargs):
+            outs = []
+            for a, b, kv_len in bounds:
+                mask = None if attention_mask is None else attention_mask[:, :, a:b, :kv_len]
+                out, _ = original(module, query[:, :, a:b], key[:, :, :kv_len], value[:, :, :kv_len], mask, **kwargs)
+                outs.append(out)
+            return torch.cat(outs, dim=1), None  # [batch, queries, heads, dim]
+        return attention
+
+    with wrapped_attention(model, split):
+        yield

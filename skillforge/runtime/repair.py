@@ -23,13 +23,13 @@ is where the error is: KL 0.09 -> 0.004 for a style guide spliced after a policy
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from skillforge.errors import BadReference
+from skillforge.runtime.attention import wrapped_attention
 
 if TYPE_CHECKING:
     from skillforge.runtime.layout import Prompt
@@ -77,33 +77,6 @@ class _Stop(Exception):
     pass
 
 
-@contextmanager
-def _recording_attention(model: Any, layer: int, seen: dict[str, torch.Tensor]):
-    """Run the model's own attention, but at `layer` record its (post-RoPE) queries and keys and stop the
-    forward there. Swaps the attention function in transformers' registry for the duration."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    name = model.config._attn_implementation or "sdpa"
-    before = ALL_ATTENTION_FUNCTIONS._local_mapping.get(name)
-    original = ALL_ATTENTION_FUNCTIONS.get(name, sdpa_attention_forward)  # eager: its SDPA equivalent
-
-    def record(module, query, key, value, attention_mask, **kwargs):
-        if getattr(module, "layer_idx", None) == layer:
-            seen.update(query=query, key=key, scaling=torch.tensor(kwargs.get("scaling") or query.shape[-1] ** -0.5))
-            raise _Stop
-        return original(module, query, key, value, attention_mask, **kwargs)
-
-    ALL_ATTENTION_FUNCTIONS[name] = record
-    try:
-        yield
-    finally:
-        if before is None:
-            del ALL_ATTENTION_FUNCTIONS[name]
-        else:
-            ALL_ATTENTION_FUNCTIONS[name] = before
-
-
 def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
     """Tokens before the skill that its artifact never attended to (0: it sits right behind its anchor)."""
     cs = prompt.skill_spans[skill_index][0]
@@ -143,7 +116,16 @@ def _deviating(runtime: Any, layer: int, prompt: "Prompt", candidates: list[int]
     layer = min(layer, len(cache.layers) - 1)  # shallow models: probe their last layer
     ids = torch.tensor([prompt.ids], device=model.device)
     seen: dict[str, torch.Tensor] = {}
-    with _recording_attention(model, layer, seen):
+
+    def record(original):
+        def attention(module, query, key, value, attention_mask, **kwargs):
+            if getattr(module, "layer_idx", None) == layer:  # read this layer's queries and keys, stop
+                seen.update(query=query, key=key, scaling=torch.tensor(kwargs.get("scaling") or query.shape[-1] ** -0.5))
+                raise _Stop
+            return original(module, query, key, value, attention_mask, **kwargs)
+        return attention
+
+    with wrapped_attention(model, record):
         try:
             model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
         except _Stop:

@@ -10,9 +10,10 @@ would and align each skill's tokens with it; (3) allocate one cache at its final
 every reused key, rotated from its compile position to its new one, and every value into its slot;
 (4) choose the tokens to recompute: every token no artifact covers (template pieces, system and user
 text, boundary tokens that tokenized differently) plus the repair set; (5) compute them and the last
-prompt token against the assembled cache, in a few position-ordered passes (runtime/passes.py). The
-cache then holds every prompt token but the last, so the result plugs into `model.generate`, and the
-last token's logits (the first decoding step) come with it.
+prompt token against the assembled cache in one forward pass, whose attention skips the cache
+beyond each position-ordered group of them (runtime/passes.py). The cache then holds every prompt
+token but the last, so the result plugs into `model.generate`, and the last token's logits (the
+first decoding step) come with it.
 """
 
 from __future__ import annotations
@@ -28,15 +29,16 @@ from skillforge.artifact import ArtifactMeta
 from skillforge.errors import ArtifactMismatch, ContextTooLong, NotFound
 from skillforge.model.loader import LoadedModel
 from skillforge.rope import RopeSpec, rope_spec
-from skillforge.runtime.cache import SpliceCache
+from skillforge.runtime.cache import CachePool, SpliceCache
 from skillforge.runtime.hotcache import HotCache
 from skillforge.runtime.layout import Prompt, align, build_prompt
 from skillforge.runtime.masks import scattered_mask
-from skillforge.runtime.passes import PASS_COST, plan_passes
+from skillforge.runtime.passes import PASS_COST, grouped_attention, plan_passes
 from skillforge.runtime.repair import Repair, select_repair
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 DEFAULT_HOT_BYTES = int(os.environ.get("SKILLFORGE_HOT_CACHE_BYTES", 2 << 30))
+DEFAULT_POOL_BYTES = int(os.environ.get("SKILLFORGE_CACHE_POOL_BYTES", 1 << 30))
 
 
 @dataclass
@@ -64,7 +66,7 @@ class SpliceResult:
     """An assembled cache covering every prompt token but the last, the logits after the last, and how
     they were made."""
 
-    cache: SpliceCache
+    cache: SpliceCache | None  # None once released (Runtime.release)
     input_ids: torch.Tensor
     prompt: Prompt
     reused: int
@@ -89,7 +91,8 @@ def check_fingerprint(meta: ArtifactMeta, lm: LoadedModel, where: str) -> None:
 class Runtime:
     """Splices artifacts for one loaded model. Holds the hot cache; reuse one Runtime per process."""
 
-    def __init__(self, lm: LoadedModel, registry: Any = None, store: Any = None, hot_bytes: int = DEFAULT_HOT_BYTES, repair: Repair | None = None):
+    def __init__(self, lm: LoadedModel, registry: Any = None, store: Any = None, hot_bytes: int = DEFAULT_HOT_BYTES,
+                 pool_bytes: int = DEFAULT_POOL_BYTES, repair: Repair | None = None):
         # Let SDPA attend over the cache's KV heads directly instead of repeating them per query head
         # (transformers otherwise copies the whole cache per layer when a mask is given); same math.
         os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
@@ -97,6 +100,7 @@ class Runtime:
         self.registry = registry
         self.store = store
         self.hot = HotCache(hot_bytes)
+        self.pool = CachePool(pool_bytes)
         self.repair = repair or Repair()
         self.rope: RopeSpec = rope_spec(lm.model)
         self._shapes: list[tuple[int, int, int]] | None = None
@@ -159,7 +163,7 @@ class Runtime:
             raise ContextTooLong(f"the prompt is {L} tokens; {self.lm.name} allows {self.lm.max_positions}")
         device = self.lm.model.device
         dtype = next(self.lm.model.parameters()).dtype
-        cache = SpliceCache.allocate(self.layer_shapes(), L + extra_capacity, dtype, device)
+        cache = SpliceCache.allocate(self.layer_shapes(), L + extra_capacity, dtype, device, pool=self.pool)
 
         # Plan: which context positions come from which artifact token.
         reuse: list[tuple[int, list[tuple[int, int, int]]]] = []  # (skill index, [(art_start, ctx_start, n)])
@@ -207,30 +211,23 @@ class Runtime:
         )
 
     def compute(self, cache: SpliceCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Forward the tokens at sorted `positions` against `cache`, writing their KV into their slots.
-
-        Runs in position-ordered passes, each attending only to the cache up to its last token
-        (runtime/passes.py). Returns the logits [vocab] (float32) of the last position.
-        """
+        """Forward the tokens at sorted `positions` against `cache`, writing their KV into their slots,
+        in one pass whose attention skips what each position-ordered group cannot see
+        (runtime/passes.py). Returns the logits [vocab] (float32) of the last position."""
         device = ids.device
         dtype = cache.layers[0].keys.dtype
-        pass_cost = PASS_COST["cpu" if device.type == "cpu" else "accelerator"]
-        groups = plan_passes(positions, pass_cost)
-        for n, group in enumerate(groups):
-            q = group.to(device)
-            kv_len = int(group[-1]) + 1
-            cache.set_length(kv_len)
-            cache.scatter_next_update(q)
-            last = n == len(groups) - 1
-            # passes before the last only fill the cache: the base model, without the LM head
-            model = self.lm.model if last else self.lm.model.base_model
-            kwargs = {"logits_to_keep": 1} if last else {}
-            try:
-                out = model(input_ids=ids[q][None], position_ids=q[None],
-                            attention_mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype),
-                            cache=cache, use_cache=True, **kwargs)
-            finally:
-                cache.scatter_next_update(None)
+        q = positions.to(device)
+        kv_len = int(positions[-1]) + 1
+        groups = plan_passes(positions, PASS_COST["cpu" if device.type == "cpu" else "accelerator"])
+        cache.set_length(kv_len)
+        cache.scatter_next_update(q)
+        try:
+            with grouped_attention(self.lm.model, groups):
+                out = self.lm.model(input_ids=ids[q][None], position_ids=q[None],
+                                    attention_mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype),
+                                    cache=cache, use_cache=True, logits_to_keep=1)
+        finally:
+            cache.scatter_next_update(None)
         return out.logits[0, -1].float()
 
     def _splice_auto(self, context: Context, resolved: list[Resolved], repair: Repair, t0: float) -> SpliceResult:
@@ -279,6 +276,13 @@ class Runtime:
         already computed. Leaves the cache holding every prompt token (crop(-1) undoes that)."""
         result.cache.set_length(result.input_ids.shape[1])
         return result.logits
+
+    def release(self, result: SpliceResult) -> None:
+        """Hand a finished result's cache back for the next splice to reuse (its memory is already
+        mapped). The result, and anything still pointing into its cache, must not be used afterwards."""
+        if result.cache is not None:
+            self.pool.put(result.cache)
+            result.cache = None
 
     @torch.no_grad()
     def generate(self, result: SpliceResult, max_new_tokens: int = 64) -> tuple[list[int], float]:
