@@ -59,7 +59,8 @@ def f(x, nd=3) -> str:
 
 
 def eval_row(name: str, d: dict) -> str:
-    return (f"| {name} | {f(d['top1_agreement'])} | {f(d['greedy16_match'])} | {f(d['kl_mean'], 4)} | "
+    return (f"| {name} | {f(d['top1_agreement'])} | {f(d['greedy16_match'])} | {f(d['greedy16_divergence_margin_max'], 2)} | "
+            f"{f(d['kl_mean'], 4)} | "
             f"{f(d['logit_cosine_min'], 4)} | {f(d['reused_fraction'])} | {f(d['skill_recompute_fraction'])} | "
             f"{f(d['ttft_full_ms_median'], 0)} | {f(d['ttft_splice_ms_median'], 0)} |")
 
@@ -70,13 +71,16 @@ def render(results: dict, env: str, plot: str | None) -> str:
              f"Measured by `scripts/bench.py` on {env}, {time.strftime('%Y-%m-%d')}. Timings are wall-clock medians; "
              "on a shared CPU they are noisy.", "",
              f"### Splice against full recompute ({ev['default']['cases']} contexts, `{results['cases_file']}`)", "",
-             "| setting | top-1 agreement | greedy-16 match | KL mean | cosine min | reused of prompt | skill tokens recomputed | TTFT full ms | TTFT splice ms |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| setting | top-1 agreement | greedy-16 match | diverged at margin <= | KL mean | cosine min | reused of prompt | skill tokens recomputed | TTFT full ms | TTFT splice ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     lines.append(eval_row(f"default ({ev['default']['repair']})", ev["default"]))
     for name, d in results.get("curve", {}).items():
         lines.append(eval_row(name, d))
     lines.append(eval_row("baseline: no rotation", ev["no-rotation"]))
     lines.append(eval_row("baseline: plain (no anchor, no seam)", ev["plain"]))
+    lines += ["", "Diverged at margin: of the contexts whose 16 greedy tokens differ, the widest gap between the full "
+              "recompute's top two logits at the first differing step. Small values mean every divergence was a near-tie "
+              "that any approximation can flip; `skillforge eval` prints the step and margin per context."]
     ed = results["edits"]["edits"]
     lines += ["", f"### Field edits ({ed['cases']} gated decisions, `{results['edits_file']}`, edit mode {results['edits']['edit_mode']})", "",
               "| top-1 agreement with oracle | first-word agreement | KL mean (stale) | recovery mean | computed of the skill | oracle decision flips |",

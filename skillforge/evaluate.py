@@ -180,7 +180,7 @@ def load_cases(path: str | Path) -> list[Case]:
 # Artifacts: from a registry/store, or compiled in memory (cached per process)
 
 _MEMORY: dict[tuple, Any] = {}
-_FULL: dict[tuple, tuple[torch.Tensor, list[int], float]] = {}
+_FULL: dict[tuple, "FullArm"] = {}
 _FULL_MAX = 1024
 
 
@@ -259,10 +259,32 @@ def reference_ids(lm: Any, system: str, texts: list[str], user: str, raw: bool) 
     return list(ids)
 
 
+@dataclass(frozen=True)
+class FullArm:
+    """A full prefill and its greedy continuation. `margins[i]`: top-1 minus top-2 logit at step i - a
+    continuation that differs where the margin is a few hundredths of a logit is a near-tie flip."""
+
+    logits: torch.Tensor
+    tokens: list[int]
+    ttft_ms: float
+    margins: list[float]
+
+
+def divergence(full: FullArm, tokens: list[int]) -> dict | None:
+    """Where a continuation first leaves the full arm's, with the full arm's margin there (None: same)."""
+    step = next((i for i, (a, b) in enumerate(zip(full.tokens, tokens)) if a != b), None)
+    if step is None:
+        if len(full.tokens) == len(tokens):
+            return None
+        step = min(len(full.tokens), len(tokens))  # one stopped early (end of sequence)
+    margin = full.margins[step] if step < len(full.margins) else None
+    return {"step": step, "full_margin": None if margin is None else round(margin, 4)}
+
+
 @torch.no_grad()
-def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> tuple[torch.Tensor, list[int], float]:
-    """Full prefill of `ids` -> (next-token logits, greedy continuation, TTFT ms). Memoized per process:
-    a repair sweep reuses the same references."""
+def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> FullArm:
+    """Full prefill of `ids` and its greedy continuation. Memoized per process: a repair sweep reuses
+    the same references."""
     from transformers import DynamicCache
 
     key = (lm.fingerprint.digest, tuple(ids), new_tokens)
@@ -277,8 +299,11 @@ def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> tuple[
     ttft = (time.perf_counter() - t0) * 1000
     eos = _eos(lm)
     tokens: list[int] = []
+    margins: list[float] = []
     step_logits = logits
     for step in range(new_tokens):
+        top2 = step_logits.float().topk(2).values
+        margins.append(float(top2[0] - top2[1]))
         tok = int(step_logits.argmax())
         tokens.append(tok)
         if tok in eos or step == new_tokens - 1:
@@ -287,7 +312,7 @@ def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> tuple[
         step_logits = o.logits[0, -1]
     if len(_FULL) >= _FULL_MAX:
         _FULL.pop(next(iter(_FULL)))
-    _FULL[key] = (logits.cpu(), tokens, ttft)
+    _FULL[key] = FullArm(logits.cpu(), tokens, ttft, margins)
     return _FULL[key]
 
 
@@ -325,14 +350,16 @@ def _plain_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rota
     if ids != result.prompt.ids:
         raise AssertionError(f"case {case.id}: the spliced prompt's tokens differ from transformers' own tokenization "
                              f"({len(result.prompt.ids)} vs {len(ids)} tokens)")
-    f_logits, f_tokens, f_ttft = full_arm(lm, ids)
+    full = full_arm(lm, ids)
+    f_logits = full.logits
+    diverged = divergence(full, s_tokens)
     return {
         "id": case.id, "skills": case.skills, "prompt_tokens": len(ids), "reused": result.reused,
         "computed": result.computed, "repaired": result.repaired, "skill_tokens": result.skill_tokens,
         "logit_cosine": round(logit_cosine(f_logits, s_logits), 6), "kl": kl(f_logits, s_logits),
-        "top1": top1(f_logits, s_logits), "greedy16_match": f_tokens == s_tokens,
-        "ttft_full_ms": round(f_ttft, 2), "ttft_splice_ms": round(s_ttft, 2),
-        "text_full": _decode(lm, f_tokens), "text_splice": _decode(lm, s_tokens),
+        "top1": top1(f_logits, s_logits), "greedy16_match": diverged is None, "greedy16_divergence": diverged,
+        "ttft_full_ms": round(full.ttft_ms, 2), "ttft_splice_ms": round(s_ttft, 2),
+        "text_full": _decode(lm, full.tokens), "text_splice": _decode(lm, s_tokens),
     }
 
 
@@ -351,8 +378,9 @@ def _edit_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotat
         else:
             texts.append(r.meta.text)
     oracle_ids = reference_ids(lm, case.system, texts, case.user, case.raw)
-    o_logits, o_tokens, _ = full_arm(lm, oracle_ids)
-    b_logits, b_tokens, _ = full_arm(lm, reference_ids(lm, case.system, [r.meta.text for r in base], case.user, case.raw))
+    oracle = full_arm(lm, oracle_ids)
+    unedited = full_arm(lm, reference_ids(lm, case.system, [r.meta.text for r in base], case.user, case.raw))
+    o_logits, o_tokens, b_logits, b_tokens = oracle.logits, oracle.tokens, unedited.logits, unedited.tokens
     result, m_logits, m_tokens, m_ttft = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=True)
     _, st_logits, st_tokens, _ = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=False)
     # tokens computed for the edit: per edited skill, a recompute counts the skill once
@@ -436,6 +464,10 @@ def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseli
         "kl_max": max((r["kl"] for r in p), default=None),
         "top1_agreement": _mean([float(r["top1"]) for r in p]),
         "greedy16_match": _mean([float(r["greedy16_match"]) for r in p]),
+        # the widest top-2 margin of the full arm at which any continuation diverged: small = near-ties only
+        "greedy16_divergence_margin_max": max((r["greedy16_divergence"]["full_margin"] for r in p
+                                               if r["greedy16_divergence"] and r["greedy16_divergence"]["full_margin"] is not None),
+                                              default=None),
         "reused_fraction": _ratio(p, "reused", "prompt_tokens"),
         "skill_recompute_fraction": _ratio(p, "repaired", "skill_tokens"),
         "ttft_full_ms_median": _median([r["ttft_full_ms"] for r in p]),
@@ -466,6 +498,14 @@ def _ratio(rows: list[dict], num: str, den: str) -> float | None:
     return sum(r[num] for r in rows) / d if d else None
 
 
+def _g16(row: dict) -> str:
+    """`y`, or `n@STEP(MARGIN)`: where the splice's continuation left the full arm's, and how close a call it was."""
+    d = row["greedy16_divergence"]
+    if d is None:
+        return "y"
+    return f"n@{d['step']}" + ("" if d["full_margin"] is None else f"({d['full_margin']:.2f})")
+
+
 def format_eval(doc: dict) -> str:
     """Human rendering: a compact table per kind of case and the aggregate lines."""
     from skillforge.cli.common import table
@@ -479,12 +519,13 @@ def format_eval(doc: dict) -> str:
     if plain:
         rows = [{"id": r["id"], "skills": "+".join(s.split("@")[0] for s in r["skills"]), "tokens": r["prompt_tokens"],
                  "reused": r["reused"], "cos": f"{r['logit_cosine']:.4f}", "kl": f"{r['kl']:.4f}", "top1": "y" if r["top1"] else "n",
-                 "g16": "y" if r["greedy16_match"] else "n", "full_ms": f"{r['ttft_full_ms']:.0f}",
+                 "g16": _g16(r), "full_ms": f"{r['ttft_full_ms']:.0f}",
                  "splice_ms": f"{r['ttft_splice_ms']:.0f}"} for r in plain]
         out.append(table(rows, list(rows[0])))
         out.append("")
         out.append(f"repair {doc['repair']}  baseline {doc['baseline'] or '-'}  cases {doc['cases']}")
-        out.append(f"top1 {f(doc['top1_agreement'], 3)}  greedy16 {f(doc['greedy16_match'], 3)}  "
+        out.append(f"top1 {f(doc['top1_agreement'], 3)}  greedy16 {f(doc['greedy16_match'], 3)} (diverged at full-arm "
+                   f"margins <= {f(doc['greedy16_divergence_margin_max'], 3)} logits)  "
                    f"kl mean {f(doc['kl_mean'])} max {f(doc['kl_max'])}  cosine mean {f(doc['logit_cosine_mean'])} "
                    f"min {f(doc['logit_cosine_min'])}")
         out.append(f"reused {f(doc['reused_fraction'], 3)} of prompt tokens  skill tokens recomputed "

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from skillforge.evaluate import (CaseError, first_word, format_bench, format_eval, kl, load_cases, logit_cosine, parse_cases,
+from skillforge.evaluate import (CaseError, FullArm, divergence, first_word, format_bench, format_eval, kl, load_cases, logit_cosine, parse_cases,
                                  recovery, run_bench, run_eval, top1)
 from skillforge.manifest import Manifest
 
 AGGREGATE_KEYS = {"cases", "logit_cosine_mean", "logit_cosine_min", "kl_mean", "top1_agreement", "greedy16_match",
-                  "reused_fraction", "skill_recompute_fraction", "ttft_full_ms_median", "ttft_splice_ms_median", "edits", "per_case"}
+                  "greedy16_divergence_margin_max", "reused_fraction", "skill_recompute_fraction", "ttft_full_ms_median", "ttft_splice_ms_median", "edits", "per_case"}
 EDIT_KEYS = {"cases", "top1_agreement", "first_word_agreement", "kl_mean", "recovery_mean", "computed_fraction"}
 BENCH_ROW_KEYS = {"tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "speedup_store", "speedup_hot", "bytes_per_token"}
 
@@ -53,6 +53,15 @@ def test_recovery_formula():
     assert recovery(0.8, 0.4) == pytest.approx(-1.0)
     assert recovery(0.0, 0.0) == 1.0
     assert recovery(0.1, 0.0) == 0.0
+
+
+def test_divergence_names_the_step_and_the_full_arms_margin_there():
+    full = FullArm(torch.zeros(3), tokens=[5, 6, 7, 8], ttft_ms=1.0, margins=[2.0, 0.5, 0.03, 1.0])
+    assert divergence(full, [5, 6, 7, 8]) is None
+    assert divergence(full, [5, 6, 9, 9]) == {"step": 2, "full_margin": 0.03}
+    assert divergence(full, [4, 6, 7, 8]) == {"step": 0, "full_margin": 2.0}
+    assert divergence(full, [5, 6]) == {"step": 2, "full_margin": 0.03}  # stopped early
+    assert divergence(FullArm(torch.zeros(3), [5], 1.0, [0.2]), [5, 1]) == {"step": 1, "full_margin": None}
 
 
 def test_first_word():
@@ -150,7 +159,7 @@ def test_eval_end_to_end_on_tiny_model(tiny):
     one = doc["per_case"][0]
     # a lone skill right behind its anchor is exact: the splice is a recompute of nothing but the user turn
     assert one["top1"] and one["greedy16_match"] and one["kl"] < 1e-6 and one["logit_cosine"] > 0.99999
-    assert one["repaired"] == 0
+    assert one["repaired"] == 0 and one["greedy16_divergence"] is None
     two = doc["per_case"][1]
     assert two["repaired"] > 0  # skills that follow other text get their seam recomputed
     assert 0 < doc["reused_fraction"] < 1 and 0 < doc["skill_recompute_fraction"] < 1
