@@ -10,6 +10,8 @@ import typer
 
 from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, emit, info, load, open_registry, open_store, table
 
+OnlyModelOpt = typer.Option(None, "--model", "-m", help="only artifacts for this model")
+OnlyFingerprintOpt = typer.Option(None, "--fingerprint", help="only artifacts for this model fingerprint")
 EndpointOpt = typer.Option(None, "--endpoint-url", help="S3 endpoint (MinIO, R2, Ceph); default: AWS_ENDPOINT_URL or AWS")
 
 
@@ -33,8 +35,8 @@ def register(app: typer.Typer) -> None:
     def publish(skills: list[str] = typer.Argument(..., help="skills: name, name@version or name@sha256:..."),
                 pack: str = typer.Option(..., "--pack", help="the pack's name@version, e.g. support@1.0.0"),
                 to: str = typer.Option(..., "--to", help="bucket root, s3://bucket/prefix"),
-                model: str = typer.Option(None, "--model", "-m", help="only artifacts for this model"),
-                fingerprint: str = typer.Option(None, "--fingerprint", help="only artifacts for this model fingerprint"),
+                model: str = OnlyModelOpt,
+                fingerprint: str = OnlyFingerprintOpt,
                 endpoint_url: str = EndpointOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
                 as_json: bool = JsonOpt) -> None:
         """Publish compiled skills as an immutable pack version: missing blobs, then index, then the tag."""
@@ -57,8 +59,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def pull(ref: str = typer.Argument(..., help="s3://bucket/prefix/name@version"),
-             model: str = typer.Option(None, "--model", "-m", help="only artifacts for this model"),
-             fingerprint: str = typer.Option(None, "--fingerprint", help="only artifacts for this model fingerprint"),
+             model: str = OnlyModelOpt,
+             fingerprint: str = OnlyFingerprintOpt,
              endpoint_url: str = EndpointOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
              as_json: bool = JsonOpt) -> None:
         """Pull a pack: verify every blob, store it, index it. Resumes; skips what is already here."""
