@@ -97,6 +97,17 @@ def test_raw_prompt_has_no_template_and_matches_plain_tokenization(compiled):
     assert (rt.next_logits(result) - full).abs().max() < 1e-4  # everything recomputed: exact
 
 
+def test_resolve_prefers_the_artifact_compiled_behind_the_contexts_own_anchor(compiled, skills_dir: Path):
+    lm, registry, store = compiled
+    pirate = [m for m in discover(skills_dir) if m.name == "pirate-voice"]
+    compile_manifests(lm, pirate, registry, store, anchor="none")  # newer than the template-anchored one
+    rt = Runtime(lm, registry, store)
+    chat, raw = rt.resolve("pirate-voice"), rt.resolve("pirate-voice", raw=True)
+    assert chat.digest != raw.digest and raw.meta.anchor_ids == [] and chat.meta.anchor_ids
+    # a chat splice behind the template anchor it was compiled behind is exact: no token repaired
+    assert rt.splice(Context(skills=["pirate-voice"], user="Ahoy?")).repaired == 0
+
+
 def test_align_reuses_around_a_changed_token():
     blocks = align([1, 2, 3, 4, 5, 6], [1, 2, 9, 9, 4, 5, 6])
     assert [(b.art_start, b.ctx_start, b.length) for b in blocks] == [(0, 0, 2), (3, 4, 3)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,15 +107,25 @@ class Runtime:
         self._shapes: list[tuple[int, int, int]] | None = None
 
     # -- artifacts ---------------------------------------------------------------------------------
-    def resolve(self, ref: str) -> Resolved:
-        """`name`, `name@version` or `name@sha256:...` -> artifact for this model (hot cache first)."""
+    def resolve(self, ref: str, raw: bool = False) -> Resolved:
+        """`name`, `name@version` or `name@sha256:...` -> artifact for this model (hot cache first).
+
+        Where a skill was compiled behind more than one anchor, the one the context starts with wins:
+        the chat template's system prefix, or none for a `raw` prompt. Any other still splices (its
+        unseen tokens get repaired), so it is the fallback."""
         from skillforge import artifact
+        from skillforge.artifact import anchor_digest
+        from skillforge.compile import resolve_anchor
         from skillforge.refs import SkillRef
 
         if self.registry is None or self.store is None:
             raise NotFound(f"cannot resolve {ref!r}: this Runtime has no registry and store; pass resolved artifacts to splice()")
         r = SkillRef.parse(ref)
-        row = self.registry.find_artifact(r.name, self.lm.fingerprint.digest, version=r.version, digest=r.digest)
+        find = partial(self.registry.find_artifact, r.name, self.lm.fingerprint.digest, version=r.version, digest=r.digest)
+        try:
+            row = find(anchor_digest=anchor_digest(resolve_anchor(self.lm, "none" if raw else "template")))
+        except NotFound:
+            row = find()
         hit = self.hot.get(row.digest)
         if hit is not None:
             return hit
@@ -150,7 +161,7 @@ class Runtime:
 
         t0 = time.perf_counter()
         repair = repair or self.repair
-        resolved = skills if skills is not None else [self.resolve(s) for s in context.skills]
+        resolved = skills if skills is not None else [self.resolve(s, context.raw) for s in context.skills]
         if edit_mode == "auto" and context.set:
             return self._splice_auto(context, resolved, repair, t0)
         for r in resolved:
