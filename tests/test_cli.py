@@ -59,6 +59,9 @@ def test_compile_ls_show_splice(tiny_dir: Path, skills_dir: Path):
     edited = cli("splice", "--model", str(tiny_dir), "--skill", "refund-desk", "--user", "Refund?", "--max-new-tokens", "2",
                  "--set", "refund-desk.account_role=suspended_user")
     assert edited["edits"][0]["new"] == "suspended_user" and edited["edits"][0]["tokens_computed"] > 0
+    terse = cli("splice", "--model", str(tiny_dir), "--skill", "refund-desk", "--user", "Refund?", "--max-new-tokens", "2",
+                "--set", "refund-desk.account_role=suspended_user", "--erratum", "Note: {label} is now {value}.")
+    assert 0 < terse["edits"][0]["tokens_computed"] < edited["edits"][0]["tokens_computed"]  # the shorter line computed
 
 
 def test_model_fingerprint_lists_parts(tiny_dir: Path):

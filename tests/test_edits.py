@@ -130,3 +130,23 @@ def test_bad_edits_are_rejected_clearly(setup, key, value, message):
 def test_unknown_mode_is_rejected(setup):
     with pytest.raises(EditError, match="unknown edit mode"):
         splice(setup, "guest", "rewrite")
+
+
+def test_erratum_wording_is_configurable(setup):
+    lm, _, skill = setup
+    rt = Runtime(lm, repair=Repair(seam=0, blend=0), erratum="Note: {label} is now {value}.")
+    result = rt.splice(Context(skills=["policy"], user=USER, set={"policy.role": "guest"}), skills=[skill], edit_mode="erratum")
+    assert "Note: The account role is now guest." in result.prompt.text and "[STATE UPDATE]" not in result.prompt.text
+    erratum = result.prompt.tokens_within(*result.prompt.errata_spans[0])
+    assert result.edits[0]["tokens_computed"] == len(erratum)
+
+
+@pytest.mark.parametrize("template,message", [
+    ("{label} changed.", "must contain {value}"),
+    ("{label} is now {new}.", "'new'"),
+    ("{value} {", "bad erratum template"),
+])
+def test_bad_erratum_template_is_rejected(setup, template, message):
+    lm, _, _ = setup
+    with pytest.raises(EditError, match=message):
+        Runtime(lm, erratum=template)

@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
                repair: str = typer.Option(None, "--repair", help="auto (default: seam + blend sized by what the skills missed), seam, none, or blend:<ratio>"),
                set_: list[str] = typer.Option([], "--set", help="skill.field=value (repeatable)"),
                edit_mode: str = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute"),
+               erratum: str = typer.Option(None, "--erratum", help="wording of the override line for edits, with {label}, {value}, {field}"),
                raw: bool = typer.Option(False, "--raw", help="no chat template (base models)"),
                as_json: bool = JsonOpt) -> None:
         """Splice compiled skills into a new context and generate."""
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
             skill_name, field, value = parse_field_assignment(item)
             assignments[f"{skill_name}.{field}"] = value
         lm = load(model, device, dtype)
-        rt = Runtime(lm, open_registry(), open_store(), repair=Repair.parse(seam, repair))
+        rt = Runtime(lm, open_registry(), open_store(), repair=Repair.parse(seam, repair), erratum=erratum)
         ctx = Context(skills=skill, system=system, user=user, raw=raw, set=assignments)
         result = rt.splice(ctx, edit_mode=edit_mode, extra_capacity=max_new_tokens + 1)
         tokens, ttft = rt.generate(result, max_new_tokens)

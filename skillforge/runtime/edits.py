@@ -32,6 +32,17 @@ DEFAULT_ERRATUM = (
 )
 
 
+def check_erratum_template(template: str) -> str:
+    """A template must say the new value and may name only {label}, {value} and {field}."""
+    try:
+        sample = template.format(label="L", value="\x00", field="f")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise EditError(f"bad erratum template {template!r}: {exc!r}; it may use {{label}}, {{value}} and {{field}}") from None
+    if "\x00" not in sample:
+        raise EditError(f"bad erratum template {template!r}: it must contain {{value}}, the field's new value")
+    return template
+
+
 @dataclass
 class EditPlan:
     skills: list["Resolved"]

@@ -31,6 +31,7 @@ from skillforge.errors import ArtifactMismatch, ContextTooLong, NotFound
 from skillforge.model.loader import LoadedModel
 from skillforge.rope import RopeSpec, rope_spec
 from skillforge.runtime.cache import CachePool, SpliceCache
+from skillforge.runtime.edits import DEFAULT_ERRATUM, check_erratum_template
 from skillforge.runtime.hotcache import HotCache
 from skillforge.runtime.layout import Prompt, align, build_prompt
 from skillforge.runtime.masks import scattered_mask
@@ -93,7 +94,7 @@ class Runtime:
     """Splices artifacts for one loaded model. Holds the hot cache; reuse one Runtime per process."""
 
     def __init__(self, lm: LoadedModel, registry: Any = None, store: Any = None, hot_bytes: int = DEFAULT_HOT_BYTES,
-                 pool_bytes: int = DEFAULT_POOL_BYTES, repair: Repair | None = None):
+                 pool_bytes: int = DEFAULT_POOL_BYTES, repair: Repair | None = None, erratum: str | None = None):
         # Let SDPA attend over the cache's KV heads directly instead of repeating them per query head
         # (transformers otherwise copies the whole cache per layer when a mask is given); same math.
         os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
@@ -103,6 +104,7 @@ class Runtime:
         self.hot = HotCache(hot_bytes)
         self.pool = CachePool(pool_bytes)
         self.repair = repair or Repair()
+        self.erratum = check_erratum_template(erratum or DEFAULT_ERRATUM)  # wording of the override line for edits
         self.rope: RopeSpec = rope_spec(lm.model)
         self._shapes: list[tuple[int, int, int]] | None = None
 
@@ -166,7 +168,7 @@ class Runtime:
             return self._splice_auto(context, resolved, repair, t0)
         for r in resolved:
             check_fingerprint(r.meta, self.lm, r.digest or "artifact")
-        edit = plan_edits(self, resolved, context.set, edit_mode)
+        edit = plan_edits(self, resolved, context.set, edit_mode, self.erratum)
         resolved = edit.skills
         prompt = build_prompt(self.lm.tokenizer, context.system, edit.texts, context.user, context.raw, edit.errata)
         L = len(prompt.ids)
