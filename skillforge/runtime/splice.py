@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 import time
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -107,6 +107,7 @@ class Runtime:
         self.erratum = check_erratum_template(erratum or DEFAULT_ERRATUM)  # wording of the override line for edits
         self.rope: RopeSpec = rope_spec(lm.model)
         self._shapes: list[tuple[int, int, int]] | None = None
+        self._anchors: dict[bool, str] = {}
 
     # -- artifacts ---------------------------------------------------------------------------------
     def resolve(self, ref: str, raw: bool = False) -> Resolved:
@@ -116,8 +117,6 @@ class Runtime:
         the chat template's system prefix, or none for a `raw` prompt. Any other still splices (its
         unseen tokens get repaired), so it is the fallback."""
         from skillforge import artifact
-        from skillforge.artifact import anchor_digest
-        from skillforge.compile import resolve_anchor
         from skillforge.refs import SkillRef
 
         if self.registry is None or self.store is None:
@@ -125,7 +124,7 @@ class Runtime:
         r = SkillRef.parse(ref)
         find = partial(self.registry.find_artifact, r.name, self.lm.fingerprint.digest, version=r.version, digest=r.digest)
         try:
-            row = find(anchor_digest=anchor_digest(resolve_anchor(self.lm, "none" if raw else "template")))
+            row = find(anchor_digest=self._anchor_digest(raw))
         except NotFound:
             row = find()
         hit = self.hot.get(row.digest)
@@ -141,6 +140,16 @@ class Runtime:
         resolved = Resolved(meta, kv, row.digest)
         self.hot.put(row.digest, resolved, sum(k.nbytes + v.nbytes for k, v in kv))
         return resolved
+
+    def _anchor_digest(self, raw: bool) -> str:
+        """Digest of the anchor a context starts with: the chat template's system prefix, or none when
+        raw. Rendered once per Runtime, not on every resolve (the template does not change)."""
+        if raw not in self._anchors:
+            from skillforge.artifact import anchor_digest
+            from skillforge.compile import resolve_anchor
+
+            self._anchors[raw] = anchor_digest(resolve_anchor(self.lm, "none" if raw else "template"))
+        return self._anchors[raw]
 
     def layer_shapes(self) -> list[tuple[int, int, int]]:
         """(kv_heads, key_dim, value_dim) per layer, read once from a one-token forward."""
