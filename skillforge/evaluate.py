@@ -4,11 +4,12 @@ Eval compares, case by case, the next-token distribution and the greedy continua
   full     a plain prefill of exactly the prompt tokens a transformers user gets from
            `apply_chat_template(messages, add_generation_prompt=True)` (asserted), and
   splice   Runtime.splice + next_logits (+ Runtime.generate for the continuation).
-For cases with `set` (field edits) the reference ("oracle") is a full prefill of the prompt with the
-new values rendered into the skill text (no erratum); the edit mode's splice is compared with it, and
-so is a *stale* splice that ignores the edit, which gives `recovery` = 1 - KL(oracle||mode) /
-KL(oracle||stale): the share of the edit's effect on the next-token distribution that the mode gets
-back. The unedited prompt is also prefilled once, to tell whether the oracle's decision flips at all.
+For cases with `set` (field edits) the reference ("oracle") is the `recompute` mode, as the edits
+issue defines it: the skill re-prefilled with the new values, then spliced like any other. Against it,
+the edit mode's splice and a *stale* splice that ignores the edit give `recovery` = 1 - KL(oracle||mode)
+/ KL(oracle||stale): the share of the edit's effect on the next-token distribution that the mode gets
+back. Splice error that every mode shares (a skill after system text or another skill) thus cancels
+out; `kl_full` still compares the mode with a full prefill of the edited prompt, for the whole error.
 
 Baselines: `no-rotation` splices keys at their compile positions (rotate=False, no repair);
 `plain` uses artifacts compiled without an anchor (compiled in memory, once per process) and no repair.
@@ -377,12 +378,12 @@ def _edit_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotat
             edited_tokens += len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])  # the skill as edited
         else:
             texts.append(r.meta.text)
-    oracle_ids = reference_ids(lm, case.system, texts, case.user, case.raw)
-    oracle = full_arm(lm, oracle_ids)
-    unedited = full_arm(lm, reference_ids(lm, case.system, [r.meta.text for r in base], case.user, case.raw))
-    o_logits, o_tokens, b_logits, b_tokens = oracle.logits, oracle.tokens, unedited.logits, unedited.tokens
-    result, m_logits, m_tokens, m_ttft = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=True)
+    full = full_arm(lm, reference_ids(lm, case.system, texts, case.user, case.raw))
+    oracle = splice_arm(rt, skills, case, repair, rotate, "recompute", with_set=True)
+    result, m_logits, m_tokens, m_ttft = (oracle if edit_mode == "recompute" else
+                                          splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=True))
     _, st_logits, st_tokens, _ = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=False)
+    _, o_logits, o_tokens, _ = oracle
     # tokens computed for the edit: per edited skill, a recompute counts the skill once
     computed, recomputed = 0, set()
     for e in result.edits:
@@ -393,15 +394,14 @@ def _edit_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotat
         else:
             computed += e["tokens_computed"]
     kl_mode, kl_stale = kl(o_logits, m_logits), kl(o_logits, st_logits)
-    words = {k: first_word(_decode(lm, t)) for k, t in
-             (("oracle", o_tokens), ("mode", m_tokens), ("stale", st_tokens), ("unedited", b_tokens))}
+    words = {k: first_word(_decode(lm, t)) for k, t in (("oracle", o_tokens), ("mode", m_tokens), ("stale", st_tokens))}
     return {
         "id": case.id, "skills": case.skills, "set": case.set,
         "mode": ",".join(sorted({str(e.get("mode")) for e in result.edits})) or edit_mode,
-        "kl_mode": kl_mode, "kl_stale": kl_stale, "recovery": recovery(kl_mode, kl_stale),
+        "kl_mode": kl_mode, "kl_stale": kl_stale, "recovery": recovery(kl_mode, kl_stale), "kl_full": kl(full.logits, m_logits),
         "top1": top1(o_logits, m_logits), "top1_stale": top1(o_logits, st_logits),
         "first_word": words, "first_word_agreement": words["mode"] == words["oracle"],
-        "oracle_flips": words["oracle"] != words["unedited"], "oracle_top1_flips": not top1(o_logits, b_logits),
+        "oracle_flips": words["oracle"] != words["stale"], "oracle_top1_flips": not top1(o_logits, st_logits),
         "tokens_computed": computed, "edited_skill_tokens": edited_tokens,
         "computed_fraction": computed / edited_tokens if edited_tokens else 0.0,
         "ttft_splice_ms": round(m_ttft, 2),
@@ -480,6 +480,7 @@ def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseli
         "first_word_agreement": _mean([float(r["first_word_agreement"]) for r in e]),
         "kl_mean": _mean([r["kl_mode"] for r in e]),
         "kl_stale_mean": _mean([r["kl_stale"] for r in e]),
+        "kl_full_mean": _mean([r["kl_full"] for r in e]),
         "recovery_mean": _mean([r["recovery"] for r in e]),
         "recovery_median": statistics.median([r["recovery"] for r in e]) if e else None,
         "computed_fraction": _ratio(e, "tokens_computed", "edited_skill_tokens"),
@@ -536,14 +537,15 @@ def format_eval(doc: dict) -> str:
             out.append("")
         rows = [{"id": r["id"], "set": ",".join(f"{k}={v}" for k, v in r["set"].items()), "kl_mode": f"{r['kl_mode']:.4f}",
                  "kl_stale": f"{r['kl_stale']:.4f}", "recovery": f"{r['recovery']:.3f}", "top1": "y" if r["top1"] else "n",
-                 "oracle": r["first_word"]["oracle"], "mode": r["first_word"]["mode"], "stale": r["first_word"]["stale"],
-                 "unedited": r["first_word"]["unedited"]} for r in edits]
+                 "kl_full": f"{r['kl_full']:.4f}", "oracle": r["first_word"]["oracle"], "mode": r["first_word"]["mode"],
+                 "stale": r["first_word"]["stale"]} for r in edits]
         out.append(table(rows, list(rows[0])))
         ed = doc["edits"]
         out.append("")
         out.append(f"edits ({doc['edit_mode']}): cases {ed['cases']}  top1 {f(ed['top1_agreement'], 3)}  first word "
                    f"{f(ed['first_word_agreement'], 3)} (stale {f(ed['stale_first_word_agreement'], 3)})  kl mean "
-                   f"{f(ed['kl_mean'])} (stale {f(ed['kl_stale_mean'])})  recovery {f(ed['recovery_mean'], 3)}  "
+                   f"{f(ed['kl_mean'])} (stale {f(ed['kl_stale_mean'])}, vs full prefill {f(ed['kl_full_mean'])})  "
+                   f"recovery {f(ed['recovery_mean'], 3)}  "
                    f"computed {f(ed['computed_fraction'], 3)} of the skill  oracle flips {ed['oracle_flips']}/{ed['cases']}")
     for s in doc.get("skipped", []):
         out.append(f"skipped {s['id']}: {s['error']}")

@@ -165,15 +165,20 @@ def test_eval_end_to_end_on_tiny_model(tiny):
     assert 0 < doc["reused_fraction"] < 1 and 0 < doc["skill_recompute_fraction"] < 1
     edit = doc["per_case"][2]
     assert edit["tokens_computed"] > 0 and 0 < doc["edits"]["computed_fraction"] < 1
-    assert math.isfinite(edit["recovery"])
+    assert math.isfinite(edit["recovery"]) and edit["kl_full"] >= 0 and "kl_full_mean" in doc["edits"]
     json.dumps(doc)  # the contract is plain JSON
     assert "one" in format_eval(doc) and "edits (field+erratum)" in format_eval(doc)
 
 
-def test_eval_recompute_mode_is_exact_and_baselines_run(tiny):
-    doc = run_eval(tiny, CASES[:1] + CASES[2:], skills=SKILLS, edit_mode="recompute")
-    edit = doc["per_case"][1]
+def test_eval_recompute_mode_is_the_oracle_and_baselines_run(tiny):
+    lone = {"id": "edit-lone", "skills": ["gate"], "set": {"gate.role": "guest"}, "user": "Can this account approve the refund?"}
+    doc = run_eval(tiny, CASES[:1] + CASES[2:] + [lone], skills=SKILLS, edit_mode="recompute")
+    edit, alone = doc["per_case"][1], doc["per_case"][2]
     assert edit["computed_fraction"] == 1.0
+    # the oracle is the recompute mode itself: measured against itself it agrees exactly
+    assert edit["kl_mode"] == 0.0 and edit["recovery"] == 1.0 and edit["top1"] and edit["first_word_agreement"]
+    # a lone re-prefilled skill behind its anchor splices exactly: the oracle equals a full prefill there
+    assert alone["kl_full"] < 1e-6
     for baseline in ("plain", "no-rotation"):
         other = run_eval(tiny, CASES[1:2], skills=SKILLS, baseline=baseline)
         assert other["baseline"] == baseline and other["cases"] == 1
