@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from skillforge import artifact
-from skillforge.compile import compile_skill, resolve_anchor
+from skillforge.compile import compile_skill, resolve_anchor, system_anchor
 from skillforge.manifest import Manifest
 from skillforge.model.loader import LoadedModel
 
@@ -32,16 +32,20 @@ class CompileOutcome:
 
 
 def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any, store: Any, anchor: str = "template",
-                      on_done: Callable[[CompileOutcome], None] | None = None) -> list[CompileOutcome]:
-    """Compile every manifest not yet compiled for this model and anchor; idempotent."""
+                      on_done: Callable[[CompileOutcome], None] | None = None, system: str = "") -> list[CompileOutcome]:
+    """Compile every manifest not yet compiled for this model and anchor (behind `system`); idempotent."""
     from skillforge.artifact import anchor_digest
-    from skillforge.errors import NotFound
+    from skillforge.errors import BadReference, NotFound
 
+    if system and anchor != "template":
+        raise BadReference("--system goes with the template anchor: a raw prompt has no system message to compile behind")
     anchor_ids = resolve_anchor(lm, anchor)
-    a_digest = anchor_digest(anchor_ids)
     outcomes = []
     for m in manifests:
         rendered = m.render()
+        if system:  # the tokens before the skill depend on its first characters
+            anchor_ids = system_anchor(lm.tokenizer, system, rendered.text)
+        a_digest = anchor_digest(anchor_ids)
         registry.record_skill_version(m.name, m.version, rendered.digest, m.description, m.to_dict())
         try:
             row = registry.find_artifact(m.name, lm.fingerprint.digest, version=m.version, anchor_digest=a_digest)

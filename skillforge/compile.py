@@ -6,6 +6,10 @@ prefix (BOS) without a template. Without it, the skill's first token becomes a f
 measured on the demo model, anchoring lifted next-token agreement with a full recompute from 0.73 to
 0.83 at no cost. Only the skill's own tokens are stored; the anchor's ids are recorded because the
 artifact is valid only for them.
+
+A deployment whose system text is fixed can compile behind it (`system_anchor`, `compile --system`): the anchor is then every
+token a context with that system text has before the skill, so the skill splices there exactly, with
+no repair, and after it (behind earlier skills) only what follows the system text is unseen.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from transformers import DynamicCache
 
 from skillforge.artifact import ArtifactMeta, FieldSpan
-from skillforge.errors import ContextTooLong
+from skillforge.errors import BadReference, ContextTooLong
 from skillforge.manifest import Manifest
 from skillforge.model.loader import LoadedModel
 from skillforge.rope import rope_spec
@@ -41,6 +45,18 @@ def resolve_anchor(lm: LoadedModel, anchor: str | list[int]) -> list[int]:
     if anchor not in ("template", "none"):
         raise ValueError(f"unknown anchor {anchor!r}: use template or none")
     return template_anchor(lm.tokenizer) if anchor == "template" else []
+
+
+def system_anchor(tokenizer: Any, system: str, text: str) -> list[int]:
+    """The tokens a chat prompt with system text `system` has before a skill `text` that follows it
+    (the layout contract's rendering, tokenized as a whole: the separator's tokens depend on the
+    skill's first characters)."""
+    from skillforge.runtime.layout import build_prompt
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise BadReference("compiling behind a system text needs a chat template; this tokenizer has none")
+    prompt = build_prompt(tokenizer, system, [text], "")
+    return prompt.ids_before(prompt.skill_spans[0][0])
 
 
 def tokenize_with_offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:

@@ -63,6 +63,13 @@ def test_compile_ls_show_splice(tiny_dir: Path, skills_dir: Path):
                 "--set", "refund-desk.account_role=suspended_user", "--erratum", "Note: {label} is now {value}.")
     assert 0 < terse["edits"][0]["tokens_computed"] < edited["edits"][0]["tokens_computed"]  # the shorter line computed
 
+    # compiled behind the deployment's system text, the same splice needs no seam and uses the new artifact
+    behind = cli("compile", str(skills_dir / "refund-desk"), "--model", str(tiny_dir), "--system", "Be brief.")
+    exact = cli("splice", "--model", str(tiny_dir), "--skill", "refund-desk", "--system", "Be brief.",
+                "--user", "Can I get a refund?", "--max-new-tokens", "4")
+    assert exact["artifacts"] == [behind["artifacts"][0]["digest"]] != spliced["artifacts"]
+    assert exact["seam_tokens"] == 0 and exact["tokens_reused"] > spliced["tokens_reused"]
+
 
 def test_model_fingerprint_lists_parts(tiny_dir: Path):
     out = cli("model", "fingerprint", str(tiny_dir))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from skillforge.build import compile_manifests
-from skillforge.errors import ContextTooLong, CorruptBlob, NotFound
+from skillforge.errors import BadReference, ContextTooLong, CorruptBlob, NotFound
 from skillforge.manifest import discover
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Repair, Runtime
@@ -106,6 +106,36 @@ def test_resolve_prefers_the_artifact_compiled_behind_the_contexts_own_anchor(co
     assert chat.digest != raw.digest and raw.meta.anchor_ids == [] and chat.meta.anchor_ids
     # a chat splice behind the template anchor it was compiled behind is exact: no token repaired
     assert rt.splice(Context(skills=["pirate-voice"], user="Ahoy?")).repaired == 0
+
+
+def test_a_skill_compiled_behind_the_contexts_system_text_splices_exactly(compiled, skills_dir: Path):
+    lm, registry, store = compiled
+    system = "You are the support desk of Northwind. Be brief."
+    pirate = [m for m in discover(skills_dir) if m.name == "pirate-voice"]
+    compile_manifests(lm, pirate, registry, store, system=system)
+    rt = Runtime(lm, registry, store)
+    ctx = Context(skills=["pirate-voice"], system=system, user="Ahoy?")
+    behind = rt.resolve("pirate-voice", system=system)
+    template_digest = rt.resolve("pirate-voice").digest
+    assert behind.digest != template_digest and len(behind.meta.anchor_ids) > len(rt.resolve("pirate-voice").meta.anchor_ids)
+    assert rt.resolve("pirate-voice", system="Other text.").digest == template_digest  # other system texts: the template one
+    result = rt.splice(ctx)
+    assert result.artifacts == [behind.digest] and result.repaired == 0  # nothing unseen: no repair
+    with torch.no_grad():
+        full = lm.model(input_ids=result.input_ids, logits_to_keep=1).logits[0, -1].float()
+    torch.testing.assert_close(rt.next_logits(result), full, rtol=0, atol=1e-4)
+    # the template-anchored artifact in the same context misses the system text: repaired, and not exact
+    template = rt.splice(ctx, skills=[rt.resolve("pirate-voice")])
+    assert template.repaired > 0
+    # behind another skill, only what follows the system text is unseen, so it is repaired again
+    assert rt.splice(Context(skills=["json-contract", "pirate-voice"], system=system, user="Ahoy?")).repaired > 0
+
+
+def test_compiling_behind_a_system_text_needs_the_template_anchor(compiled, skills_dir: Path):
+    lm, registry, store = compiled
+    pirate = [m for m in discover(skills_dir) if m.name == "pirate-voice"]
+    with pytest.raises(BadReference, match="template anchor"):
+        compile_manifests(lm, pirate, registry, store, anchor="none", system="Be brief.")
 
 
 def test_align_reuses_around_a_changed_token():

@@ -14,6 +14,8 @@ def register(app: typer.Typer) -> None:
     def compile_(path: Path = typer.Argument(..., help="a skill folder, its skill.toml, or a folder of skill folders"),
                  model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
                  anchor: str = typer.Option("template", help="template (the chat template's system prefix) or none"),
+                 system: str = typer.Option("", "--system", help="a deployment's fixed system text: compile behind it, so "
+                                            "splices after exactly this system text need no repair"),
                  as_json: bool = JsonOpt) -> None:
         """Prefill each skill into a KV artifact for MODEL; skills already compiled are skipped."""
         from tqdm import tqdm
@@ -30,7 +32,7 @@ def register(app: typer.Typer) -> None:
             def done(o):
                 bar.update(1)
                 info(f"{'compiled' if o.created else 'already compiled'}: {o.name}@{o.version} ({o.tokens} tokens, {o.digest[:19]})")
-            outcomes = compile_manifests(lm, manifests, registry, store, anchor=anchor, on_done=done)
+            outcomes = compile_manifests(lm, manifests, registry, store, anchor=anchor, on_done=done, system=system)
         rows = [o.to_dict() for o in outcomes]
         emit({"model": model, "fingerprint": lm.fingerprint.digest, "artifacts": rows}, as_json,
              table(rows, ["name", "version", "tokens", "bytes", "created", "digest"]))

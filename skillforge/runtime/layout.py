@@ -38,6 +38,10 @@ class Prompt:
         """Positions of tokens whose characters lie inside [start, end)."""
         return [i for i, (a, b) in enumerate(self.offsets) if a >= start and b <= end and b > a]
 
+    def ids_before(self, start: int) -> list[int]:
+        """Ids of the tokens that end at or before character `start` (what a skill there follows)."""
+        return [self.ids[i] for i, (a, b) in enumerate(self.offsets) if b <= start and b > a]
+
     def tokens_overlapping(self, start: int, end: int) -> list[int]:
         """Positions of tokens that share at least one character with [start, end)."""
         return [i for i, (a, b) in enumerate(self.offsets) if a < end and b > start]

@@ -79,8 +79,7 @@ class _Stop(Exception):
 
 def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
     """Tokens before the skill that its artifact never attended to (0: it sits right behind its anchor)."""
-    cs = prompt.skill_spans[skill_index][0]
-    before = [prompt.ids[p] for p, (a, b) in enumerate(prompt.offsets) if b <= cs and b > a]
+    before = prompt.ids_before(prompt.skill_spans[skill_index][0])
     if before[: len(anchor)] != anchor:
         return len(before)
     return len(before) - len(anchor)

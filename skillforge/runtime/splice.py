@@ -108,14 +108,16 @@ class Runtime:
         self.rope: RopeSpec = rope_spec(lm.model)
         self._shapes: list[tuple[int, int, int]] | None = None
         self._anchors: dict[bool, str] = {}
+        self._system_anchors: dict[tuple[str, str], str] = {}  # (system text, artifact digest) -> anchor digest
 
     # -- artifacts ---------------------------------------------------------------------------------
-    def resolve(self, ref: str, raw: bool = False) -> Resolved:
+    def resolve(self, ref: str, raw: bool = False, system: str = "") -> Resolved:
         """`name`, `name@version` or `name@sha256:...` -> artifact for this model (hot cache first).
 
         Where a skill was compiled behind more than one anchor, the one the context starts with wins:
-        the chat template's system prefix, or none for a `raw` prompt. Any other still splices (its
-        unseen tokens get repaired), so it is the fallback."""
+        the context's own `system` text (`skillforge compile --system`: exact after it), else the chat
+        template's system prefix, or none for a `raw` prompt. Any other still splices (its unseen
+        tokens get repaired), so it is the fallback."""
         from skillforge import artifact
         from skillforge.refs import SkillRef
 
@@ -127,6 +129,8 @@ class Runtime:
             row = find(anchor_digest=self._anchor_digest(raw))
         except NotFound:
             row = find()
+        if system and not raw and r.digest is None:
+            row = self._behind_system(row, system)
         hit = self.hot.get(row.digest)
         if hit is not None:
             return hit
@@ -140,6 +144,24 @@ class Runtime:
         resolved = Resolved(meta, kv, row.digest)
         self.hot.put(row.digest, resolved, sum(k.nbytes + v.nbytes for k, v in kv))
         return resolved
+
+    def _behind_system(self, row: Any, system: str) -> Any:
+        """The same skill version compiled behind `system`, if the registry has it, else `row`. One
+        query; the anchor (which depends on the skill's text) is computed once per system text."""
+        from skillforge.artifact import anchor_digest
+        from skillforge.compile import system_anchor
+
+        key = (system, row.digest)
+        if key not in self._system_anchors:
+            if len(self._system_anchors) >= 1024:
+                self._system_anchors.clear()
+            self._system_anchors[key] = anchor_digest(system_anchor(self.lm.tokenizer, system, row.meta.text))
+        wanted = self._system_anchors[key]
+        if row.anchor_digest == wanted:
+            return row
+        hits = [x for x in self.registry.list_artifacts(self.lm.fingerprint.digest, row.name)
+                if x.version == row.version and x.anchor_digest == wanted]
+        return hits[-1] if hits else row
 
     def _anchor_digest(self, raw: bool) -> str:
         """Digest of the anchor a context starts with: the chat template's system prefix, or none when
@@ -172,7 +194,7 @@ class Runtime:
 
         t0 = time.perf_counter()
         repair = repair or self.repair
-        resolved = skills if skills is not None else [self.resolve(s, context.raw) for s in context.skills]
+        resolved = skills if skills is not None else [self.resolve(s, context.raw, context.system) for s in context.skills]
         if edit_mode == "auto" and context.set:
             return self._splice_auto(context, resolved, repair, t0)
         for r in resolved:
