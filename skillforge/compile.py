@@ -7,9 +7,10 @@ measured on the demo model, anchoring lifted next-token agreement with a full re
 0.83 at no cost. Only the skill's own tokens are stored; the anchor's ids are recorded because the
 artifact is valid only for them.
 
-A deployment whose system text is fixed can compile behind it (`system_anchor`, `compile --system`): the anchor is then every
-token a context with that system text has before the skill, so the skill splices there exactly, with
-no repair, and after it (behind earlier skills) only what follows the system text is unseen.
+A deployment whose system text is fixed can compile behind it (`system_anchor`, `compile --system`):
+the anchor is then every token a context with that system text has before the skill, so the skill
+splices there exactly, with no repair, and after it (behind earlier skills) only what follows the
+system text is unseen.
 """
 
 from __future__ import annotations
