@@ -10,6 +10,10 @@ the edit mode's splice and a *stale* splice that ignores the edit give `recovery
 / KL(oracle||stale): the share of the edit's effect on the next-token distribution that the mode gets
 back. Splice error that every mode shares (a skill after system text or another skill) thus cancels
 out; `kl_full` still compares the mode with a full prefill of the edited prompt, for the whole error.
+On *gated* cases (the oracle's first word differs from the stale splice's: the edit changes the
+decision) `decision` narrows the same comparison to the two answers: each arm's share of the oracle's
+answer between them, and the recovery of that share. It separates "the mode reaches the oracle's
+decision, with its confidence" from what an erratum line does to the rest of the distribution.
 
 Baselines: `no-rotation` splices keys at their compile positions (rotate=False, no repair);
 `plain` uses artifacts compiled without an anchor (compiled in memory, once per process) and no repair.
@@ -25,6 +29,7 @@ Timings are wall-clock medians on whatever machine runs this; on a shared CPU th
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import tempfile
@@ -79,6 +84,31 @@ def recovery(kl_mode: float, kl_stale: float) -> float:
     if kl_stale == 0:
         return 1.0 if kl_mode == 0 else 0.0
     return 1.0 - kl_mode / kl_stale
+
+
+def word_token_ids(tokenizer: Any, word: str) -> list[int]:
+    """The single tokens a generation can start `word` with (any case, with or without a leading space)."""
+    ids = set()
+    for form in {word, word.lower(), word.capitalize(), word.upper()}:
+        for v in (form, " " + form):
+            t = tokenizer(v, add_special_tokens=False)["input_ids"]
+            if len(t) == 1:
+                ids.add(t[0])
+    return sorted(ids)
+
+
+def decision_share(logits: torch.Tensor, a_ids: list[int], b_ids: list[int]) -> float:
+    """P(answer a | the answer is a or b): the next-token probability of a's tokens over both answers'."""
+    p = torch.softmax(logits.detach().double().flatten(), dim=-1)
+    a, b = float(p[a_ids].sum()), float(p[b_ids].sum())
+    return a / (a + b) if a + b > 0 else 0.5
+
+
+def binary_kl(p: float, q: float) -> float:
+    """KL(Bernoulli(p) || Bernoulli(q)) in nats, clamped away from 0 and 1."""
+    eps = 1e-12
+    p, q = min(max(p, eps), 1 - eps), min(max(q, eps), 1 - eps)
+    return max(0.0, p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)))
 
 
 def first_word(text: str) -> str:
@@ -395,6 +425,7 @@ def _edit_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotat
             computed += e["tokens_computed"]
     kl_mode, kl_stale = kl(o_logits, m_logits), kl(o_logits, st_logits)
     words = {k: first_word(_decode(lm, t)) for k, t in (("oracle", o_tokens), ("mode", m_tokens), ("stale", st_tokens))}
+    decision = _decision(lm, words, {"oracle": o_logits, "mode": m_logits, "stale": st_logits})
     return {
         "id": case.id, "skills": case.skills, "set": case.set,
         "mode": ",".join(sorted({str(e.get("mode")) for e in result.edits})) or edit_mode,
@@ -402,11 +433,26 @@ def _edit_case(lm: Any, rt: Any, skills: _Skills, case: Case, repair: Any, rotat
         "top1": top1(o_logits, m_logits), "top1_stale": top1(o_logits, st_logits),
         "first_word": words, "first_word_agreement": words["mode"] == words["oracle"],
         "oracle_flips": words["oracle"] != words["stale"], "oracle_top1_flips": not top1(o_logits, st_logits),
+        "decision": decision,
         "tokens_computed": computed, "edited_skill_tokens": edited_tokens,
         "computed_fraction": computed / edited_tokens if edited_tokens else 0.0,
         "ttft_splice_ms": round(m_ttft, 2),
         "text_oracle": _decode(lm, o_tokens), "text_mode": _decode(lm, m_tokens), "text_stale": _decode(lm, st_tokens),
     }
+
+
+def _decision(lm: Any, words: dict[str, str], logits: dict[str, torch.Tensor]) -> dict | None:
+    """On a gated case (the oracle's first word differs from the stale splice's), each arm's share of the
+    oracle's answer between the two answers, and the edit mode's recovery of that share: the decision
+    alone, without the rest of the next-token distribution (None where the case is not gated)."""
+    if words["oracle"] == words["stale"] or not words["oracle"] or not words["stale"]:
+        return None
+    a_ids, b_ids = word_token_ids(lm.tokenizer, words["oracle"]), word_token_ids(lm.tokenizer, words["stale"])
+    if not a_ids or not b_ids:
+        return None
+    share = {k: decision_share(v, a_ids, b_ids) for k, v in logits.items()}
+    return {"answers": [words["oracle"], words["stale"]], **{f"share_{k}": round(v, 4) for k, v in share.items()},
+            "recovery": recovery(binary_kl(share["oracle"], share["mode"]), binary_kl(share["oracle"], share["stale"]))}
 
 
 def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseline: str | None = None,
@@ -486,6 +532,10 @@ def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseli
         "computed_fraction": _ratio(e, "tokens_computed", "edited_skill_tokens"),
         "stale_first_word_agreement": _mean([float(r["first_word"]["stale"] == r["first_word"]["oracle"]) for r in e]),
         "oracle_flips": sum(r["oracle_flips"] for r in e),
+        # gated cases: where the oracle's decision differs from the stale splice's, i.e. the edit matters
+        "gated_first_word_agreement": _mean([float(r["first_word_agreement"]) for r in e if r["oracle_flips"]]),
+        "gated_recovery_mean": _mean([r["recovery"] for r in e if r["oracle_flips"]]),
+        "decision_recovery_mean": _mean([r["decision"]["recovery"] for r in e if r["decision"]]),
         "skipped": len(skipped),
     }
     doc["per_case"] = plain_rows + edit_rows
@@ -547,6 +597,10 @@ def format_eval(doc: dict) -> str:
                    f"{f(ed['kl_mean'])} (stale {f(ed['kl_stale_mean'])}, vs full prefill {f(ed['kl_full_mean'])})  "
                    f"recovery {f(ed['recovery_mean'], 3)}  "
                    f"computed {f(ed['computed_fraction'], 3)} of the skill  oracle flips {ed['oracle_flips']}/{ed['cases']}")
+        if ed["oracle_flips"]:
+            out.append(f"gated cases (the oracle's first word flips with the value) {ed['oracle_flips']}: first word "
+                       f"{f(ed['gated_first_word_agreement'], 3)}  recovery {f(ed['gated_recovery_mean'], 3)}  "
+                       f"decision recovery {f(ed['decision_recovery_mean'], 3)}")
     for s in doc.get("skipped", []):
         out.append(f"skipped {s['id']}: {s['error']}")
     return "\n".join(out)

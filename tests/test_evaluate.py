@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from skillforge.evaluate import (CaseError, FullArm, divergence, first_word, format_bench, format_eval, kl, load_cases, logit_cosine, parse_cases,
-                                 recovery, run_bench, run_eval, top1)
+from skillforge.evaluate import (CaseError, FullArm, binary_kl, decision_share, divergence, first_word, format_bench, format_eval, kl,
+                                 load_cases, logit_cosine, parse_cases, recovery, run_bench, run_eval, top1, word_token_ids)
 from skillforge.manifest import Manifest
 
 AGGREGATE_KEYS = {"cases", "logit_cosine_mean", "logit_cosine_min", "kl_mean", "top1_agreement", "greedy16_match",
@@ -53,6 +53,25 @@ def test_recovery_formula():
     assert recovery(0.8, 0.4) == pytest.approx(-1.0)
     assert recovery(0.0, 0.0) == 1.0
     assert recovery(0.1, 0.0) == 0.0
+
+
+def test_decision_share_and_binary_kl():
+    logits = torch.full((6,), -30.0)
+    logits[[1, 2, 4]] = torch.log(torch.tensor([0.3, 0.1, 0.2], dtype=torch.float32))
+    # answer a = tokens 1 and 2 ("No", "no"), answer b = token 4: 0.4 against 0.2; token 0 etc. do not count
+    assert decision_share(logits, [1, 2], [4]) == pytest.approx(0.4 / 0.6, abs=1e-6)
+    assert binary_kl(0.5, 0.5) == 0.0
+    assert binary_kl(0.9, 0.5) == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2))
+    assert binary_kl(0.5, 0.9) != binary_kl(0.9, 0.5)
+    assert math.isfinite(binary_kl(1.0, 0.0))
+
+
+def test_word_token_ids_finds_every_single_token_form(tiny):
+    tok = tiny.tokenizer
+    ids = word_token_ids(tok, "no")
+    assert ids and all(len(tok(tok.decode([i]), add_special_tokens=False)["input_ids"]) == 1 for i in ids)
+    assert all(first_word(tok.decode([i])) == "no" for i in ids)
+    assert word_token_ids(tok, "antidisestablishmentarianism") == []
 
 
 def test_divergence_names_the_step_and_the_full_arms_margin_there():
@@ -166,8 +185,30 @@ def test_eval_end_to_end_on_tiny_model(tiny):
     edit = doc["per_case"][2]
     assert edit["tokens_computed"] > 0 and 0 < doc["edits"]["computed_fraction"] < 1
     assert math.isfinite(edit["recovery"]) and edit["kl_full"] >= 0 and "kl_full_mean" in doc["edits"]
+    assert (edit["decision"] is not None) == edit["oracle_flips"] and "decision_recovery_mean" in doc["edits"]
     json.dumps(doc)  # the contract is plain JSON
     assert "one" in format_eval(doc) and "edits (field+erratum)" in format_eval(doc)
+
+
+def test_decision_compares_only_the_two_answers_of_a_gated_case(tiny):
+    from skillforge.evaluate import _decision
+
+    tok = tiny.tokenizer
+    no, yes = word_token_ids(tok, "no"), word_token_ids(tok, "yes")
+    vocab = len(tok)
+
+    def arm(p_no: float, p_yes: float, p_other: float) -> torch.Tensor:
+        probs = torch.full((vocab,), 1e-9, dtype=torch.float64)
+        probs[no[0]], probs[yes[0]], probs[0] = p_no, p_yes, max(p_other, 1e-9)
+        return probs.log()
+
+    # the mode halves both answers' mass (an erratum pulling the opening elsewhere) but keeps their split
+    logits = {"oracle": arm(0.6, 0.4, 0.0), "mode": arm(0.3, 0.2, 0.5), "stale": arm(0.4, 0.6, 0.0)}
+    d = _decision(tiny, {"oracle": "no", "mode": "no", "stale": "yes"}, logits)
+    assert d["answers"] == ["no", "yes"] and d["share_oracle"] == pytest.approx(0.6, abs=1e-4)
+    assert d["share_mode"] == pytest.approx(0.6, abs=1e-4) and d["recovery"] == pytest.approx(1.0, abs=1e-6)
+    assert kl(logits["oracle"], logits["mode"]) > kl(logits["oracle"], logits["stale"])  # full-distribution recovery < 0
+    assert _decision(tiny, {"oracle": "no", "mode": "no", "stale": "no"}, logits) is None  # not gated
 
 
 def test_eval_recompute_mode_is_the_oracle_and_baselines_run(tiny):
