@@ -82,17 +82,22 @@ def render(results: dict, env: str, plot: str | None) -> str:
               "recompute's top two logits at the first differing step. Small values mean every divergence was a near-tie "
               "that any approximation can flip; `skillforge eval` prints the step and margin per context."]
     first = next(iter(results["edits"].values()))["edits"]
-    lines += ["", f"### Field edits ({first['cases']} gated decisions, `{results['edits_file']}`), each mode against the "
+    lines += ["", f"### Field edits ({first['cases']} decision contexts, `{results['edits_file']}`; the oracle's decision flips "
+              f"with the value in {first['oracle_flips']}), each mode against the "
               "`recompute` mode (the oracle)", "",
-              "| edit mode | top-1 agreement | first-word agreement | KL mean (stale) | recovery mean / median | computed of the skill | KL vs full prefill | oracle decision flips | cases run |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| edit mode | top-1 agreement | first-word agreement | KL mean (stale) | recovery mean / median | computed of the skill | KL vs full prefill | oracle decision flips | gated: first word / recovery / decision recovery | cases run |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, doc in results["edits"].items():
         ed = doc["edits"]
         lines.append(f"| {mode} | {f(ed['top1_agreement'])} | {f(ed['first_word_agreement'])} | {f(ed['kl_mean'], 4)} "
                      f"({f(ed['kl_stale_mean'], 4)}) | {f(ed['recovery_mean'], 2)} / {f(ed['recovery_median'], 2)} | "
                      f"{f(ed['computed_fraction'])} | {f(ed['kl_full_mean'], 4)} | {ed['oracle_flips']}/{ed['cases']} | "
-                     f"{ed['cases']} of {ed['cases'] + ed['skipped']} |")
+                     f"{f(ed['gated_first_word_agreement'])} / {f(ed['gated_recovery_mean'], 2)} / "
+                     f"{f(ed['decision_recovery_mean'], 2)} | {ed['cases']} of {ed['cases'] + ed['skipped']} |")
     lines += ["", "Recovery = 1 - KL(oracle||mode) / KL(oracle||stale), where stale is the splice that ignores the edit. "
+              "Gated: the contexts where the oracle's first word differs from the stale splice's (the edit changes the "
+              "decision); decision recovery is the same ratio on the two answers' split alone (P(oracle's answer) over "
+              "both answers), without the rest of the next-token distribution. "
               "in-place refuses values of another token length, so it runs on fewer cases."]
     b = results["bench"]
     lines += ["", f"### Time to first token by skill length (medians of {b['repeats']})", "",
