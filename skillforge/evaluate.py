@@ -29,7 +29,6 @@ Timings are wall-clock medians on whatever machine runs this; on a shared CPU th
 from __future__ import annotations
 
 import json
-import math
 import re
 import statistics
 import tempfile
@@ -97,18 +96,11 @@ def word_token_ids(tokenizer: Any, word: str) -> list[int]:
     return sorted(ids)
 
 
-def decision_share(logits: torch.Tensor, a_ids: list[int], b_ids: list[int]) -> float:
-    """P(answer a | the answer is a or b): the next-token probability of a's tokens over both answers'."""
-    p = torch.softmax(logits.detach().double().flatten(), dim=-1)
-    a, b = float(p[a_ids].sum()), float(p[b_ids].sum())
-    return a / (a + b) if a + b > 0 else 0.5
-
-
-def binary_kl(p: float, q: float) -> float:
-    """KL(Bernoulli(p) || Bernoulli(q)) in nats, clamped away from 0 and 1."""
-    eps = 1e-12
-    p, q = min(max(p, eps), 1 - eps), min(max(q, eps), 1 - eps)
-    return max(0.0, p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)))
+def answer_logits(logits: torch.Tensor, a_ids: list[int], b_ids: list[int]) -> torch.Tensor:
+    """Two answers' next-token log-probability mass (a's tokens, b's tokens) as a 2-way logit vector:
+    softmax, `kl` and `top1` on it compare the split between the answers alone."""
+    lp = torch.log_softmax(logits.detach().double().flatten(), dim=-1)
+    return torch.stack([lp[a_ids].logsumexp(0), lp[b_ids].logsumexp(0)])
 
 
 def first_word(text: str) -> str:
@@ -450,9 +442,10 @@ def _decision(lm: Any, words: dict[str, str], logits: dict[str, torch.Tensor]) -
     a_ids, b_ids = word_token_ids(lm.tokenizer, words["oracle"]), word_token_ids(lm.tokenizer, words["stale"])
     if not a_ids or not b_ids:
         return None
-    share = {k: decision_share(v, a_ids, b_ids) for k, v in logits.items()}
-    return {"answers": [words["oracle"], words["stale"]], **{f"share_{k}": round(v, 4) for k, v in share.items()},
-            "recovery": recovery(binary_kl(share["oracle"], share["mode"]), binary_kl(share["oracle"], share["stale"]))}
+    two = {k: answer_logits(v, a_ids, b_ids) for k, v in logits.items()}
+    return {"answers": [words["oracle"], words["stale"]],
+            **{f"share_{k}": round(float(torch.softmax(v, 0)[0]), 4) for k, v in two.items()},
+            "recovery": recovery(kl(two["oracle"], two["mode"]), kl(two["oracle"], two["stale"]))}
 
 
 def run_eval(lm: Any, cases: list[Case] | list[dict], repair: Any = None, baseline: str | None = None,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from skillforge.evaluate import (CaseError, FullArm, binary_kl, decision_share, divergence, first_word, format_bench, format_eval, kl,
-                                 load_cases, logit_cosine, parse_cases, recovery, run_bench, run_eval, top1, word_token_ids)
+from skillforge.evaluate import (CaseError, FullArm, answer_logits, divergence, first_word, format_bench, format_eval, kl, load_cases,
+                                 logit_cosine, parse_cases, recovery, run_bench, run_eval, top1, word_token_ids)
 from skillforge.manifest import Manifest
 
 AGGREGATE_KEYS = {"cases", "logit_cosine_mean", "logit_cosine_min", "kl_mean", "top1_agreement", "greedy16_match",
@@ -55,15 +55,19 @@ def test_recovery_formula():
     assert recovery(0.1, 0.0) == 0.0
 
 
-def test_decision_share_and_binary_kl():
+def test_answer_logits_split_and_their_kl():
     logits = torch.full((6,), -30.0)
     logits[[1, 2, 4]] = torch.log(torch.tensor([0.3, 0.1, 0.2], dtype=torch.float32))
     # answer a = tokens 1 and 2 ("No", "no"), answer b = token 4: 0.4 against 0.2; token 0 etc. do not count
-    assert decision_share(logits, [1, 2], [4]) == pytest.approx(0.4 / 0.6, abs=1e-6)
-    assert binary_kl(0.5, 0.5) == 0.0
-    assert binary_kl(0.9, 0.5) == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2))
-    assert binary_kl(0.5, 0.9) != binary_kl(0.9, 0.5)
-    assert math.isfinite(binary_kl(1.0, 0.0))
+    assert float(torch.softmax(answer_logits(logits, [1, 2], [4]), 0)[0]) == pytest.approx(0.4 / 0.6, abs=1e-6)
+
+    def split(p: float) -> torch.Tensor:  # a 2-answer split with P(a) = p, padded by a token of no answer
+        return answer_logits(torch.tensor([p, 1 - p, 0.3]).log(), [0], [1])
+
+    assert kl(split(0.5), split(0.5)) == 0.0
+    assert kl(split(0.9), split(0.5)) == pytest.approx(0.9 * math.log(1.8) + 0.1 * math.log(0.2))
+    assert kl(split(0.5), split(0.9)) != kl(split(0.9), split(0.5))
+    assert math.isfinite(kl(answer_logits(logits, [1], [0]), answer_logits(logits, [0], [1])))  # an answer at 1e-13
 
 
 def test_word_token_ids_finds_every_single_token_form(tiny):
