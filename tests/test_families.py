@@ -364,6 +364,21 @@ def test_blend_of_every_reused_token_is_exact(tok, family):
     assert diff < LOGIT_ATOL, f"{family}: blend of everything differs from a full forward by {diff}"
 
 
+def test_auto_ceiling_buys_blend_only_where_skills_missed_text(tok):
+    """`auto:<ratio>` raises the blend ceiling but keeps the adaptive sizing: a skill after another
+    skill gets more tokens recomputed, one behind nothing but its anchor still gets none."""
+    lm = lm_for("llama", tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    rt = Runtime(lm)
+    composed = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
+    default = rt.splice(composed, skills=[a, b], repair=Repair.parse(None, "auto"))
+    higher = rt.splice(composed, skills=[a, b], repair=Repair.parse(None, "auto:0.9"))
+    assert default.repaired == 2 * Repair().seam  # 15% of ~117 skill tokens is under min_blend
+    assert higher.repaired > default.repaired + Repair().min_blend - 1
+    alone = rt.splice(Context(skills=["a"], user=QUESTION), skills=[a], repair=Repair.parse(None, "auto:0.9"))
+    assert alone.repaired == 0
+
+
 def test_blend_picks_only_tokens_that_deviate(tok):
     """Sliding windows make the tail of a moved skill exact, so its keys match a fresh prefill: a blend
     budget must go to tokens near the skill's start, whose keys (at the probe layer) really deviate."""

@@ -166,3 +166,22 @@ def test_cache_pool_is_bounded_by_bytes(compiled):
     result = rt.splice(Context(skills=["pirate-voice"], user="Hello?"))
     rt.release(result)
     assert rt.pool.caches == []  # larger than the pool: dropped, not kept
+
+
+@pytest.mark.parametrize("spec, seam, expected", [
+    (None, None, Repair()),
+    ("auto", 8, Repair(seam=8)),
+    ("auto:0.3", None, Repair(blend=0.3)),  # adaptive sizing kept, only the ceiling moves
+    ("seam", None, Repair(blend=0.0)),
+    ("none", None, Repair(seam=0, blend=0.0)),
+    ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1)),
+])
+def test_repair_spec_parses(spec, seam, expected):
+    assert Repair.parse(seam, spec) == expected
+
+
+@pytest.mark.parametrize("spec", ["auto:1.5", "auto:x", "blend:-0.1", "seam:3", "cacheblend"])
+def test_bad_repair_spec_is_refused_with_the_choices(spec):
+    with pytest.raises(BadReference, match="invalid --repair") as err:
+        Repair.parse(None, spec)
+    assert spec in str(err.value)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, emit, info, load, open_registry, open_store
+from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
 
 
 def register(app: typer.Typer) -> None:
@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
     def eval_(cases: Path = typer.Argument(..., help="eval cases, one JSON object per line"),
               model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
               skills: Path = typer.Option(None, "--skills", help="compile the skills the cases need from this folder first"),
-              seam: int = typer.Option(None, "--seam", help="recompute the first K tokens of each skill that follows other text"),
-              repair: str = typer.Option(None, "--repair", help="seam (default), none, or blend:<ratio>"),
+              seam: int = SeamOpt,
+              repair: str = RepairOpt,
               baseline: str = typer.Option(None, "--baseline", help="no-rotation or plain (anchorless artifacts, no seam)"),
               edit_mode: str = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute"),
               as_json: bool = JsonOpt) -> None:

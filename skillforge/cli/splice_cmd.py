@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, emit, info, load, open_registry, open_store
+from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
 
 
 def register(app: typer.Typer) -> None:
@@ -14,8 +14,8 @@ def register(app: typer.Typer) -> None:
                user: str = typer.Option(..., "--user", help="the user message"),
                model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
                max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
-               seam: int = typer.Option(None, "--seam", help="recompute the first K tokens of each skill that follows other text"),
-               repair: str = typer.Option(None, "--repair", help="auto (default: seam + blend sized by what the skills missed), seam, none, or blend:<ratio>"),
+               seam: int = SeamOpt,
+               repair: str = RepairOpt,
                set_: list[str] = typer.Option([], "--set", help="skill.field=value (repeatable)"),
                edit_mode: str = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute"),
                erratum: str = typer.Option(None, "--erratum", help="wording of the override line for edits, with {label}, {value}, {field}"),
