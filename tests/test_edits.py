@@ -150,3 +150,51 @@ def test_bad_erratum_template_is_rejected(setup, template, message):
     lm, _, _ = setup
     with pytest.raises(EditError, match=message):
         Runtime(lm, erratum=template)
+
+
+@torch.no_grad()
+def _full_logprobs(lm, ids: list[int]) -> torch.Tensor:
+    return torch.log_softmax(lm.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float(), -1)
+
+
+def test_contrast_subtracts_the_erratum_line_from_field_plus_erratum(setup):
+    """contrast decodes three streams, field+erratum + stale - null erratum (the same line stating the
+    compiled value), each at its own positions. The stale and null streams are exact here (the skill
+    sits behind its anchor), so full forwards stand in for them; field+erratum is its own splice."""
+    lm, rt, skill = setup
+    result = splice(setup, "guest", "contrast")
+    (stale, w_stale), (null, w_null) = result.guides
+    assert (w_stale, w_null) == (1.0, -1.0) and result.edits[0]["mode"] == "contrast"
+    assert "has changed to guest" in result.prompt.text and "[STATE UPDATE]" not in stale.prompt.text
+    assert null.prompt.text.count("[STATE UPDATE] The account role has changed to verified_admin") == 1
+    assert skill.meta.text in null.prompt.text and skill.meta.text in stale.prompt.text
+    null_erratum = null.prompt.tokens_within(*null.prompt.errata_spans[0])
+    plain = splice(setup, "guest", "field+erratum")
+    assert plain.prompt.ids == result.prompt.ids
+    assert result.edits[0]["tokens_computed"] == plain.edits[0]["tokens_computed"] + len(null_erratum)
+    assert result.computed_all == result.computed + stale.computed + null.computed
+
+    expected: list[int] = []
+    main = torch.log_softmax(rt.next_logits(plain), -1)
+    with torch.no_grad():
+        for step in range(4):  # greedy over the guided sum; the exact streams re-run in full each step
+            total = main + _full_logprobs(lm, stale.prompt.ids + expected) - _full_logprobs(lm, null.prompt.ids + expected)
+            if not expected:
+                torch.testing.assert_close(rt.next_logits(result), torch.log_softmax(total, -1), atol=1e-4, rtol=0)
+            expected.append(int(total.argmax()))
+            pos = torch.tensor([[len(plain.prompt.ids) + step]])
+            out = lm.model(input_ids=torch.tensor([[expected[-1]]]), position_ids=pos, cache=plain.cache, use_cache=True)
+            main = torch.log_softmax(out.logits[0, -1].float(), -1)
+    tokens, _ = rt.generate(result, max_new_tokens=4)
+    assert tokens == expected
+    for guide in (stale, null):  # each stream's new tokens sit at its own positions (layer-0 keys carry them)
+        n = len(guide.prompt.ids)
+        direct = prefill(lm, guide.prompt.ids + expected[:-1])[0][0]
+        torch.testing.assert_close(guide.cache.layers[0].keys[0][:, n:n + 3], direct[:, n:n + 3], atol=1e-5, rtol=0)
+    rt.release(result)
+    assert result.cache is None and stale.cache is None and null.cache is None
+
+
+def test_contrast_without_a_change_is_a_plain_splice(setup):
+    result = splice(setup, "verified_admin", "contrast")
+    assert result.guides == [] and result.edits == [] and "[STATE UPDATE]" not in result.prompt.text

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
+from skillforge.cli.common import DeviceOpt, DtypeOpt, EditModeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
               seam: int = SeamOpt,
               repair: str = RepairOpt,
               baseline: str = typer.Option(None, "--baseline", help="no-rotation or plain (anchorless artifacts, no seam)"),
-              edit_mode: str = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute"),
+              edit_mode: str = EditModeOpt,
               as_json: bool = JsonOpt) -> None:
         """Compare spliced contexts with a full recompute: logits, greedy continuations, edits, TTFT."""
         from skillforge.errors import BadReference

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from skillforge.cli.common import DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
+from skillforge.cli.common import DeviceOpt, DtypeOpt, EditModeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
 
 
 def register(app: typer.Typer) -> None:
@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                seam: int = SeamOpt,
                repair: str = RepairOpt,
                set_: list[str] = typer.Option([], "--set", help="skill.field=value (repeatable)"),
-               edit_mode: str = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute"),
+               edit_mode: str = EditModeOpt,
                erratum: str = typer.Option(None, "--erratum", help="wording of the override line for edits, with {label}, {value}, {field}"),
                raw: bool = typer.Option(False, "--raw", help="no chat template (base models)"),
                as_json: bool = JsonOpt) -> None:
@@ -35,9 +35,9 @@ def register(app: typer.Typer) -> None:
         result = rt.splice(ctx, edit_mode=edit_mode, extra_capacity=max_new_tokens + 1)
         tokens, ttft = rt.generate(result, max_new_tokens)
         text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
-        doc = {"text": text, "ttft_ms": round(ttft, 1), "tokens_reused": result.reused, "tokens_computed": result.computed,
+        doc = {"text": text, "ttft_ms": round(ttft, 1), "tokens_reused": result.reused, "tokens_computed": result.computed_all,
                "seam_tokens": result.repaired, "artifacts": result.artifacts}
         if result.edits:
             doc["edits"] = result.edits
-        info(f"reused {result.reused} tokens, computed {result.computed}, time to first token {ttft:.0f} ms")
+        info(f"reused {result.reused} tokens, computed {result.computed_all}, time to first token {ttft:.0f} ms")
         emit(doc, as_json, text)

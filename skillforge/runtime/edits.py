@@ -9,6 +9,15 @@ rewriting the field's own KV alone leaves it acting on the old value. Modes:
                  computed, the rest of the skill moves by re-rotation.
   recompute      re-prefill the skill with the new value (the oracle, for measurement).
   auto           in-place when its next-token decision equals field+erratum's, else field+erratum.
+  contrast       field+erratum minus the erratum line's own effect. On the demo model an appended
+                 line moves the next-token distribution about as much as the field does (KL ~0.02),
+                 so the erratum's wording drowns the value it carries. Two more splices, the stale
+                 skill and the stale skill with a *null* erratum (the same line stating the compiled
+                 value), and at every step log p = log p(field+erratum) + log p(stale) - log p(null):
+                 the two errata differ only in the value, so their difference keeps what the new
+                 value changes (classifier-free-guidance arithmetic). Three splices, three decode
+                 streams; on the 24 edit contexts mean recovery -12.7 -> 0.52 (median -0.80 -> 0.74)
+                 at the same decision agreement.
 Only the current value gets an erratum: every splice starts again from the compiled artifact, so
 changing a field twice never stacks history (A -> B -> A is just A, with no erratum at all).
 """
@@ -25,7 +34,9 @@ from skillforge.refs import parse_field_assignment
 if TYPE_CHECKING:
     from skillforge.runtime.splice import Resolved
 
-MODES = ("auto", "field+erratum", "erratum", "in-place", "recompute")
+MODES = ("auto", "field+erratum", "erratum", "in-place", "recompute", "contrast")
+NULL_ERRATUM = "null-erratum"  # contrast's internal splice: the skill as compiled, an erratum stating its compiled value
+ERRATUM_MODES = ("erratum", "field+erratum", "auto", "contrast", NULL_ERRATUM)
 DEFAULT_ERRATUM = (
     "[STATE UPDATE] {label} has changed to {value}; this overrides any earlier value and any earlier "
     "conclusion. Apply the current value."
@@ -66,7 +77,7 @@ def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, 
     from skillforge.compile import compile_skill
     from skillforge.runtime.splice import Resolved
 
-    if mode not in MODES:
+    if mode not in (*MODES, NULL_ERRATUM):
         raise EditError(f"unknown edit mode {mode!r}; choose one of {', '.join(MODES)}")
     plan = EditPlan(skills=list(resolved), texts=[r.meta.text for r in resolved])
     grouped = group_assignments(assignments)
@@ -90,18 +101,19 @@ def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, 
         values = {**r.meta.field_values, **changed}
         rendered = manifest.render(values)
         new_text = rendered.text
-        errata = [erratum_template.format(label=manifest.fields[k].label, value=v, field=k) for k, v in changed.items()]
+        stated = r.meta.field_values if mode == NULL_ERRATUM else values
+        errata = [erratum_template.format(label=manifest.fields[k].label, value=stated[k], field=k) for k in changed]
         if mode == "in-place":
             _check_same_length(tok, r, changed)
         if mode == "recompute":
             meta, kv = compile_skill(runtime.lm, manifest, values, anchor=list(r.meta.anchor_ids))
             plan.skills[i] = Resolved(meta, kv, None)
             plan.texts[i] = new_text
-        elif mode in ("in-place", "field+erratum", "auto"):
+        elif mode in ("in-place", "field+erratum", "auto", "contrast"):
             plan.texts[i] = new_text
-        if mode in ("erratum", "field+erratum", "auto"):
+        if mode in ERRATUM_MODES:
             plan.errata.extend(errata)
-        spans = rendered.spans if mode != "erratum" else []
+        spans = rendered.spans if mode not in ("erratum", NULL_ERRATUM) else []
         for n, (k, v) in enumerate(changed.items()):
             plan.report.append({
                 "skill": r.meta.skill, "field": k, "old": r.meta.field_values.get(k), "new": v, "mode": mode,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -80,6 +80,14 @@ class SpliceResult:
     computed_positions: torch.Tensor | None = None  # every position the splice computed, the last included
     logits: torch.Tensor | None = None  # after the last prompt token (its KV sits in the slot after the cache)
     splice_ms: float = 0.0
+    # (splice, weight): streams decoded alongside this one, whose log-probabilities are added with
+    # these weights at every step (edit mode contrast: the stale splice +1, the null erratum -1)
+    guides: list[tuple["SpliceResult", float]] = field(default_factory=list)
+
+    @property
+    def computed_all(self) -> int:
+        """Tokens computed by this splice and its guides."""
+        return self.computed + sum(g.computed for g, _ in self.guides)
 
 
 def check_fingerprint(meta: ArtifactMeta, lm: LoadedModel, where: str) -> None:
@@ -197,6 +205,8 @@ class Runtime:
         resolved = skills if skills is not None else [self.resolve(s, context.raw, context.system) for s in context.skills]
         if edit_mode == "auto" and context.set:
             return self._splice_auto(context, resolved, repair, t0)
+        if edit_mode == "contrast" and context.set:
+            return self._splice_contrast(context, resolved, repair, rotate, extra_capacity, t0)
         for r in resolved:
             check_fingerprint(r.meta, self.lm, r.digest or "artifact")
         edit = plan_edits(self, resolved, context.set, edit_mode, self.erratum)
@@ -295,6 +305,25 @@ class Runtime:
         picked.splice_ms = (time.perf_counter() - t0) * 1000
         return picked
 
+    def _splice_contrast(self, context: Context, resolved: list[Resolved], repair: Repair, rotate: bool,
+                         extra_capacity: int, t0: float) -> SpliceResult:
+        """field+erratum, guided by the stale splice (+1) and the null-erratum splice (-1): see
+        runtime/edits.py. Each edit's tokens_computed adds the null erratum's tokens."""
+        from skillforge.runtime.edits import NULL_ERRATUM
+
+        run = partial(self.splice, skills=resolved, repair=repair, rotate=rotate, extra_capacity=extra_capacity)
+        main = run(context, edit_mode="field+erratum")
+        if not main.edits:  # every value equals the compiled one: nothing to contrast
+            return main
+        stale = run(replace(context, set={}))
+        null = run(context, edit_mode=NULL_ERRATUM)
+        for e, n in zip(main.edits, null.edits):
+            e["tokens_computed"] += n["tokens_computed"]
+            e["mode"] = "contrast"
+        main.guides = [(stale, 1.0), (null, -1.0)]
+        main.splice_ms = (time.perf_counter() - t0) * 1000
+        return main
+
     def _write_block(self, cache: SpliceCache, kv: KV, src0: int, a: int, c: int, n: int, rotate: bool) -> None:
         """Write artifact tokens a..a+n (compiled at src0..) into slots c..c+n, rotating keys by the move."""
         device = cache.layers[0].keys.device
@@ -317,13 +346,17 @@ class Runtime:
 
     def next_logits(self, result: SpliceResult) -> torch.Tensor:
         """Logits [vocab] (float32) after the whole prompt: the first decoding step, which the splice
-        already computed. Leaves the cache holding every prompt token (crop(-1) undoes that)."""
-        result.cache.set_length(result.input_ids.shape[1])
-        return result.logits
+        already computed (with guides: the guided log-probabilities). Leaves each cache holding every
+        prompt token (crop(-1) undoes that)."""
+        for r in (result, *(g for g, _ in result.guides)):
+            r.cache.set_length(r.input_ids.shape[1])
+        return _guided(result.logits, [(g.logits, w) for g, w in result.guides])
 
     def release(self, result: SpliceResult) -> None:
-        """Hand a finished result's cache back for the next splice to reuse (its memory is already
-        mapped). The result, and anything still pointing into its cache, must not be used afterwards."""
+        """Hand a finished result's caches back for the next splice to reuse (their memory is already
+        mapped). The result, and anything still pointing into its caches, must not be used afterwards."""
+        for g, _ in result.guides:
+            self.release(g)
         if result.cache is not None:
             self.pool.put(result.cache)
             result.cache = None
@@ -336,17 +369,28 @@ class Runtime:
         ttft = result.splice_ms + (time.perf_counter() - t0) * 1000
         eos = set(_as_list(self.lm.model.generation_config.eos_token_id) + _as_list(self.lm.tokenizer.eos_token_id))
         out: list[int] = []
-        L = result.input_ids.shape[1]
         device = result.input_ids.device
+        streams = [result, *(g for g, _ in result.guides)]
         for step in range(max_new_tokens):
             tok = int(logits.argmax())
             out.append(tok)
             if tok in eos or step == max_new_tokens - 1:
                 break
-            o = self.lm.model(input_ids=torch.tensor([[tok]], device=device), position_ids=torch.tensor([[L + step]], device=device),
-                              cache=result.cache, use_cache=True, logits_to_keep=1)
-            logits = o.logits[0, -1]
+            step_logits = [self.lm.model(input_ids=torch.tensor([[tok]], device=device), cache=r.cache, use_cache=True,
+                                         position_ids=torch.tensor([[r.input_ids.shape[1] + step]], device=device),
+                                         logits_to_keep=1).logits[0, -1] for r in streams]
+            logits = _guided(step_logits[0], [(x, w) for x, (_, w) in zip(step_logits[1:], result.guides)])
         return out, ttft
+
+
+def _guided(logits: torch.Tensor, guides: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
+    """`logits` alone, or the log-softmax of log p + sum(weight * log p_guide) (float32)."""
+    if not guides:
+        return logits
+    out = torch.log_softmax(logits.float(), -1)
+    for g, w in guides:
+        out = out + w * torch.log_softmax(g.float(), -1)
+    return torch.log_softmax(out, -1)
 
 
 def _as_list(x: Any) -> list[int]:
