@@ -62,6 +62,11 @@ def test_compile_ls_show_splice(tiny_dir: Path, skills_dir: Path):
     terse = cli("splice", "--model", str(tiny_dir), "--skill", "refund-desk", "--user", "Refund?", "--max-new-tokens", "2",
                 "--set", "refund-desk.account_role=suspended_user", "--erratum", "Note: {label} is now {value}.")
     assert 0 < terse["edits"][0]["tokens_computed"] < edited["edits"][0]["tokens_computed"]  # the shorter line computed
+    contrast = cli("splice", "--model", str(tiny_dir), "--skill", "refund-desk", "--user", "Refund?", "--max-new-tokens", "2",
+                   "--set", "refund-desk.account_role=suspended_user", "--edit-mode", "contrast")
+    assert contrast["edits"][0]["mode"] == "contrast" and contrast["tokens_computed"] == edited["tokens_computed"]
+    assert contrast["guide_tokens_computed"] > 0 and "guide_tokens_computed" not in edited
+    assert contrast["edits"][0]["tokens_computed"] > edited["edits"][0]["tokens_computed"]  # + the null erratum
 
     # compiled behind the deployment's system text, the same splice needs no seam and uses the new artifact
     behind = cli("compile", str(skills_dir / "refund-desk"), "--model", str(tiny_dir), "--system", "Be brief.")

@@ -35,9 +35,13 @@ def register(app: typer.Typer) -> None:
         result = rt.splice(ctx, edit_mode=edit_mode, extra_capacity=max_new_tokens + 1)
         tokens, ttft = rt.generate(result, max_new_tokens)
         text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
-        doc = {"text": text, "ttft_ms": round(ttft, 1), "tokens_reused": result.reused, "tokens_computed": result.computed_all,
+        doc = {"text": text, "ttft_ms": round(ttft, 1), "tokens_reused": result.reused, "tokens_computed": result.computed,
                "seam_tokens": result.repaired, "artifacts": result.artifacts}
+        guided = sum(g.computed for g, _ in result.guides)  # edit mode contrast's extra streams
+        if result.guides:
+            doc["guide_tokens_computed"] = guided
         if result.edits:
             doc["edits"] = result.edits
-        info(f"reused {result.reused} tokens, computed {result.computed_all}, time to first token {ttft:.0f} ms")
+        extra = f" (+{guided} in {len(result.guides)} guide streams)" if result.guides else ""
+        info(f"reused {result.reused} tokens, computed {result.computed}{extra}, time to first token {ttft:.0f} ms")
         emit(doc, as_json, text)

@@ -84,11 +84,6 @@ class SpliceResult:
     # these weights at every step (edit mode contrast: the stale splice +1, the null erratum -1)
     guides: list[tuple["SpliceResult", float]] = field(default_factory=list)
 
-    @property
-    def computed_all(self) -> int:
-        """Tokens computed by this splice and its guides."""
-        return self.computed + sum(g.computed for g, _ in self.guides)
-
 
 def check_fingerprint(meta: ArtifactMeta, lm: LoadedModel, where: str) -> None:
     if meta.fingerprint != lm.fingerprint.digest:
