@@ -25,6 +25,12 @@ class BadReference(SkillforgeError):
     exit_code = 2
 
 
+class BadInput(SkillforgeError):
+    """A command-line value, setting or environment variable is invalid (unknown device, dtype, URL, ...)."""
+
+    exit_code = 2
+
+
 class NotFound(SkillforgeError):
     """A skill, artifact, blob, pack or model that was asked for does not exist here."""
 
