@@ -1,4 +1,13 @@
-"""Entry point: assembles the command groups and maps skillforge errors to exit codes."""
+"""Entry point: assembles the command groups and maps skillforge errors to exit codes.
+
+typer runs in standalone mode, as click intends for a console script: it prints usage errors (unknown
+option, missing or ill-typed value, `typer.BadParameter`) with the command's usage line and exits 2,
+turns `typer.Exit(n)` into exit status n, and `skillforge` alone prints the help and exits 2 (click's
+rule: a command was required). typer ships its own copy of click, so catching click's exception
+classes here would never match; leaving them to typer keeps this right whichever click it uses. What
+reaches this function is a `SkillforgeError` (printed as one line, exit code from the error class) or a
+bug, which keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -17,19 +26,9 @@ for group in (compile_cmd, registry_cmd, splice_cmd, eval_cmd, bench_cmd, packs_
 
 
 def main() -> None:
+    """Run the command line; never returns (typer exits with the command's status)."""
     try:
-        app(standalone_mode=False)
+        app(prog_name="skillforge")
     except SkillforgeError as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit) as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
