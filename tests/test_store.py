@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from skillforge.errors import BadReference, CorruptBlob, NotFound, StoreError
+from skillforge.errors import BadInput, BadReference, CorruptBlob, NotFound, StoreError
 from skillforge.store import BlobStore, LocalStore, local, open_store
 
 
@@ -105,7 +105,7 @@ def test_tmp_leftovers_are_ignored_and_cleaned(store: LocalStore) -> None:
     os.utime(old, (past, past))
     (store.root / "blobs" / "sha256" / "not-a-digest").write_bytes(b"x")
     assert list(store.digests()) == [digest]
-    assert store.clean_tmp(older_than_s=3600) == 1
+    assert store.clean_staging(older_than_s=3600) == (1, 4)
     assert sorted(os.listdir(tmp)) == ["live.tmp"]
 
 
@@ -199,8 +199,10 @@ def test_open_store_schemes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert open_store(spaced.as_uri()).root == spaced
     assert open_store(f"file://localhost{tmp_path}").root == tmp_path
     assert open_store(str(tmp_path)).root == tmp_path
-    with pytest.raises(StoreError, match="unsupported"):
+    with pytest.raises(BadInput, match="unsupported.*SKILLFORGE_STORE"):
         open_store("ftp://example.com/x")
+    with pytest.raises(BadInput, match="SKILLFORGE_STORE"):
+        open_store("")
     monkeypatch.setitem(sys.modules, "skillforge.store.s3", None)  # simulate a build without s3.py
     with pytest.raises(StoreError, match="skillforge.store.s3"):
         open_store("s3://bucket/prefix")

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-from skillforge.errors import StoreError
-from skillforge.store.local import LocalStore
+from skillforge.errors import BadInput, StoreError
+from skillforge.store.local import STAGING_GRACE_S, LocalStore
 
-__all__ = ["BlobStore", "LocalStore", "open_store"]
+__all__ = ["STAGING_GRACE_S", "BlobStore", "LocalStore", "open_store"]
 
 
 @runtime_checkable
@@ -55,6 +56,24 @@ class BlobStore(Protocol):
         """Remove the blob; bytes freed (0 if absent)."""
         ...
 
+    def age_s(self, digest: str) -> float:
+        """Seconds since the blob was written; `gc` spares young blobs (a compile puts, then records)."""
+        ...
+
+    def staging(self, suffix: str = ".tmp") -> AbstractContextManager[Path]:
+        """A new empty local file, inside the data home, for bytes that are to become a blob (a compile's
+        output, a download); removed when the context exits unless `put_staged` consumed it."""
+        ...
+
+    def put_staged(self, path: Path, digest: str | None = None) -> tuple[str, int]:
+        """Store a file from `staging()` under its digest, consuming it (a rename where possible).
+        `digest`: the sha256 the caller already computed while writing it; None hashes it here."""
+        ...
+
+    def clean_staging(self, older_than_s: float = STAGING_GRACE_S) -> tuple[int, int]:
+        """Remove staging files left by killed processes, untouched for `older_than_s`; (files, bytes)."""
+        ...
+
     def digests(self) -> Iterator[str]:
         """Every stored digest."""
         ...
@@ -67,7 +86,7 @@ def open_store(url: str) -> BlobStore:
     """
     if "://" not in url:
         if not url:
-            raise StoreError("empty store URL; set SKILLFORGE_STORE to file:///path or s3://bucket/prefix")
+            raise BadInput("empty store URL; set SKILLFORGE_STORE to file:///path or s3://bucket/prefix")
         return LocalStore(Path(url))
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -76,7 +95,7 @@ def open_store(url: str) -> BlobStore:
             # file://relative/path (e.g. a relative SKILLFORGE_HOME): keep the host part as a path.
             return LocalStore(Path(unquote(parts.netloc + parts.path)))
         if not parts.path:
-            raise StoreError(f"store URL {url!r} has no path; use file:///absolute/path")
+            raise BadInput(f"store URL {url!r} has no path; set SKILLFORGE_STORE to file:///absolute/path")
         return LocalStore(Path(unquote(parts.path)))
     if scheme == "s3":
         try:
@@ -91,4 +110,5 @@ def open_store(url: str) -> BlobStore:
         cls = module.S3Store
         factory = getattr(cls, "from_url", cls)
         return factory(url)
-    raise StoreError(f"unsupported store URL {url!r}: use file:///path or s3://bucket/prefix")
+    raise BadInput(f"unsupported store URL {url!r} (scheme {scheme!r}): set SKILLFORGE_STORE to file:///path or "
+                   "s3://bucket/prefix")

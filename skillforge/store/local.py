@@ -5,6 +5,10 @@ Why it is built this way:
   rebuilt by scanning the folder, and no caller-supplied string ever becomes a path unchecked.
 - Writes go to a unique temporary file in `<root>/blobs/tmp/` (same filesystem), are fsynced and checked
   (size and digest), then `os.replace`d into place: a crash never leaves a half-written blob visible.
+  Everything that becomes a blob is staged there, also by other layers (`staging()` hands out such a
+  file and removes it on any exit; `put_staged` renames it into place), so a process killed mid-write
+  leaves its bytes only in that one folder, where `clean_staging` (called by `gc` and at the start of
+  the commands that stage) removes files older than a grace period.
 - Splice reads artifacts of hundreds of MB on its hot path, so re-hashing on every read is too slow. A
   process-wide cache remembers which file *states* (size, mtime, ctime, inode, device) were verified;
   any change to the file changes its state and forces a re-hash. A file modified within RACY_WINDOW_NS
@@ -22,6 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -30,6 +35,7 @@ from skillforge.refs import digest_hex
 
 CHUNK = 8 * 1024 * 1024
 RACY_WINDOW_NS = 2_000_000_000
+STAGING_GRACE_S = 3600.0  # a staging file untouched this long belongs to no running process
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 
 _Signature = tuple[int, int, int, int, int]
@@ -188,37 +194,78 @@ class LocalStore:
             pass
         return True
 
-    def _commit(self, digest: str, size: int, write: Callable[[BinaryIO], str], source: str) -> None:
+    @contextmanager
+    def staging(self, suffix: str = ".tmp") -> Iterator[Path]:
+        """A new empty file in `<root>/blobs/tmp/` for bytes that are to become a blob; removed on exit
+        (normal or not) unless `put_staged` consumed it. Same filesystem as the blobs, so installing it
+        is a rename, and a crash leaves it where `clean_staging` finds it."""
+        try:
+            self._tmp.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(suffix=suffix, dir=self._tmp)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot stage a file in {self._tmp}: {exc}; check permissions and free space") from exc
+        path = Path(name)
+        try:
+            yield path
+        finally:
+            path.unlink(missing_ok=True)
+
+    def put_staged(self, path: Path, digest: str | None = None) -> tuple[str, int]:
+        """Make a file from `staging()` a blob, consuming it: renamed into place, not copied.
+
+        `digest` is the sha256 the caller computed while writing the file (a verified download, a
+        decoder); None hashes it here. A file from elsewhere is copied in (`put_file`) and removed.
+        """
+        path = Path(path)
+        if path.parent != self._tmp:
+            try:
+                return self.put_file(path)
+            finally:
+                path.unlink(missing_ok=True)
+        try:
+            size = os.stat(path).st_size
+            if digest is None:
+                digest, size = hash_file(path)
+        except OSError as exc:
+            raise StoreError(f"cannot read the staged file {path}: {exc}") from exc
+        if self._present_and_intact(digest, size):
+            path.unlink(missing_ok=True)
+            return digest, size
         final = self._path(digest)
-        tmp: str | None = None
         try:
             self._blobs.mkdir(parents=True, exist_ok=True)
-            self._tmp.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f"{digest_hex(digest)[:16]}.", suffix=".tmp", dir=self._tmp)
-            with os.fdopen(fd, "wb") as fh:
-                written = write(fh)
-                fh.flush()
+            with open(path, "rb+") as fh:
                 os.fsync(fh.fileno())
-            actual_size = os.stat(tmp).st_size
-            if written != digest or actual_size != size:
-                raise StoreError(
-                    f"{source} changed while it was being stored (expected {digest}, {size} bytes; got "
-                    f"{written}, {actual_size} bytes); nothing was stored, retry once it is complete"
-                )
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-            tmp = None
-            _fsync_dir(final.parent)
+            os.chmod(path, 0o644)
+            os.replace(path, final)
         except OSError as exc:
-            raise StoreError(
-                f"cannot write blob {digest} into {self.url}: {exc}; check permissions and free space"
-            ) from exc
-        finally:
-            if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+            raise StoreError(f"cannot write blob {digest} into {self.url}: {exc}; check permissions and free space") from exc
+        _fsync_dir(final.parent)
+        return digest, size
+
+    def _commit(self, digest: str, size: int, write: Callable[[BinaryIO], str], source: str) -> None:
+        final = self._path(digest)
+        with self.staging() as tmp:
+            try:
+                self._blobs.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as fh:
+                    written = write(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                actual_size = os.stat(tmp).st_size
+                if written != digest or actual_size != size:
+                    raise StoreError(
+                        f"{source} changed while it was being stored (expected {digest}, {size} bytes; got "
+                        f"{written}, {actual_size} bytes); nothing was stored, retry once it is complete"
+                    )
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot write blob {digest} into {self.url}: {exc}; check permissions and free space"
+                ) from exc
+        _fsync_dir(final.parent)
 
     # -- reads ---------------------------------------------------------------------------------
     def has(self, digest: str) -> bool:
@@ -293,19 +340,24 @@ class LocalStore:
             if _HEX_RE.match(name):
                 yield f"sha256:{name}"
 
-    def clean_tmp(self, older_than_s: float = 3600) -> int:
-        """Remove temporary files left by crashed writes; young ones may belong to a running put."""
+    def clean_staging(self, older_than_s: float = STAGING_GRACE_S) -> tuple[int, int]:
+        """Remove staging files untouched for `older_than_s` seconds, left by killed writes, downloads
+        and compiles; younger ones may belong to a running process. Returns (files, bytes) removed."""
         cutoff = time.time() - older_than_s
-        removed = 0
+        removed = freed = 0
         try:
             entries = list(os.scandir(self._tmp))
         except FileNotFoundError:
-            return 0
+            return 0, 0
         for entry in entries:
             try:
-                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                st = entry.stat(follow_symlinks=False)
+                if entry.is_file(follow_symlinks=False) and st.st_mtime <= cutoff:
                     os.unlink(entry.path)
                     removed += 1
+                    freed += st.st_size
             except FileNotFoundError:
                 continue
-        return removed
+            except OSError as exc:
+                raise StoreError(f"cannot remove the staging file {entry.path}: {exc}") from exc
+        return removed, freed

@@ -9,8 +9,9 @@ Why it is built this way:
   instance roles); `AWS_ENDPOINT_URL` / `endpoint_url=` point at MinIO, R2 or Ceph, which get
   path-style addressing. Nothing here hard-codes AWS.
 - A bucket is not trusted: every byte read back is hashed against its digest before anyone sees it.
-  `local_path` downloads into a temporary file of a LocalStore cache (`<SKILLFORGE_HOME>/s3-cache`),
+  `local_path` downloads into a staging file of a LocalStore cache (`<SKILLFORGE_HOME>/s3-cache`),
   verifies size and sha256, and only then renames it into place; a bad object never lands in the cache.
+  The cache's staging folder is this store's `staging()` too, so nothing is staged outside the home.
 - Objects are content-addressed, so a put is skipped when the object exists with the right size and
   the sha256 metadata skillforge writes (HEAD first); anything else is uploaded again, which repairs an
   overwritten object. Big files go up and down as multipart transfers (`TransferConfig`, 8 MiB parts).
@@ -23,12 +24,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +41,7 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from skillforge import config
 from skillforge.errors import BadReference, CorruptBlob, NotFound, StoreError
 from skillforge.refs import digest_hex
-from skillforge.store.local import LocalStore, _fsync_dir, hash_file
+from skillforge.store.local import STAGING_GRACE_S, LocalStore, hash_file
 
 MULTIPART_THRESHOLD = 8 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 8 * 1024 * 1024
@@ -50,7 +50,6 @@ CHUNK = 1024 * 1024
 _HEX_RE = re.compile(r"^[0-9a-f]{64}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9._@+=-]{1,255}$")
-
 
 
 class ObjectTooLarge(StoreError):
@@ -148,38 +147,6 @@ def s3_errors(what: str, where: str) -> Iterator[None]:
                          "--endpoint-url and the network") from exc
     except BotoCoreError as exc:
         raise StoreError(f"cannot {what} ({where}): {exc}") from exc
-
-
-def tmp_dir_for(store: Any) -> Path:
-    """Where to stage a download that will become one of `store`'s blobs (same filesystem if possible)."""
-    if isinstance(store, LocalStore):
-        return store._tmp  # noqa: SLF001 - the LocalStore layout: <root>/blobs/tmp
-    if isinstance(store, S3Store):
-        return store.cache._tmp  # noqa: SLF001
-    return Path(tempfile.gettempdir())
-
-
-def install_verified(store: Any, tmp: Path, digest: str) -> Path | None:
-    """Make a verified temporary file the blob `digest` of `store` and consume it.
-
-    Into a LocalStore it is renamed (no copy; the file was fsynced and hashed by `S3Store.fetch`);
-    any other store gets a `put_file`. Returns the blob's local path when there is one.
-    """
-    if isinstance(store, LocalStore):
-        final = store._path(digest)  # noqa: SLF001 - digest-derived path of the LocalStore layout
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, final)
-        except OSError as exc:
-            raise StoreError(f"cannot write blob {digest} into {store.url}: {exc}; check permissions and free space") from exc
-        _fsync_dir(final.parent)
-        return final
-    try:
-        store.put_file(tmp)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return None
 
 
 class S3Store:
@@ -352,45 +319,54 @@ class S3Store:
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 yield from page.get("Contents", []) or []
 
-    def fetch(self, digest: str, dest_dir: Path, size: int | None = None,
-              callback: Callable[[int], None] | None = None) -> Path:
-        """Download blob `digest` into a new temporary file in `dest_dir`, verified and fsynced.
+    def download(self, key: str, dest: Path, *, size: int | None = None, max_size: int | None = None,
+                 callback: Callable[[int], None] | None = None) -> int:
+        """Download object `key` into the existing local file `dest` (overwritten), fsynced; its length.
 
-        The size is checked before downloading (against `size` when given) and after; the sha256 after.
-        A mismatch raises CorruptBlob and leaves nothing behind. The caller owns the returned file.
+        The size is checked before downloading (equal to `size`, at most `max_size`) and again after,
+        so an untrusted object never fills the disk beyond what the caller expects. NotFound if absent;
+        CorruptBlob on a size mismatch. Callers stage `dest` (see `staging`) and verify the content.
         """
-        key = self.blob_key(digest)
         head = self.head(key)
         if head is None:
-            raise NotFound(f"blob {digest} is not in {self.url} (no object {self.where(key)}); republish it or "
-                           "compile the skill again")
+            raise NotFound(f"{self.where(key)} does not exist; republish it or compile the skill again")
         remote_size = int(head["ContentLength"])
-        if size is not None and remote_size != size:
-            raise CorruptBlob(f"blob {digest} in {self.url} is {remote_size} bytes, but {size} were expected; the "
-                              "object was tampered with or damaged, so it was not downloaded; republish it")
+        if (size is not None and remote_size != size) or (max_size is not None and remote_size > max_size):
+            want = f"{size} were expected" if size is not None else f"at most {max_size} were expected"
+            raise CorruptBlob(f"{self.where(key)} is {remote_size} bytes, but {want}; the object was tampered with "
+                              "or damaged, so it was not downloaded; republish it")
+        with s3_errors("download", self.where(key)):
+            self.client.download_file(self.bucket, key, str(dest), Config=self.transfer, Callback=callback)
         try:
-            dest_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f"{digest_hex(digest)[:16]}.", suffix=".part", dir=dest_dir)
-            os.close(fd)
-        except OSError as exc:
-            raise StoreError(f"cannot stage a download in {dest_dir}: {exc}; check permissions and free space") from exc
-        tmp = Path(name)
-        try:
-            with s3_errors("download", self.where(key)):
-                self.client.download_file(self.bucket, key, str(tmp), Config=self.transfer, Callback=callback)
-            actual, length = hash_file(tmp)
-            expected_size = remote_size if size is None else size
-            if length != expected_size or actual != digest:
-                raise CorruptBlob(
-                    f"blob {digest} downloaded from {self.url} is corrupt: its {length} bytes hash to {actual}; "
-                    "it was not kept. The object in the bucket was tampered with or damaged; republish it"
-                )
-            with open(tmp, "rb+") as fh:
+            with open(dest, "rb+") as fh:
+                length = os.fstat(fh.fileno()).st_size
                 os.fsync(fh.fileno())
-            return tmp
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        except OSError as exc:
+            raise StoreError(f"cannot write the download of {self.where(key)} to {dest}: {exc}") from exc
+        if length != remote_size:
+            raise CorruptBlob(f"{self.where(key)} changed while it was downloaded ({length} bytes, not {remote_size}); "
+                              "retry")
+        return length
+
+    def fetch(self, digest: str, dest: Path, size: int | None = None,
+              callback: Callable[[int], None] | None = None) -> None:
+        """Download blob `digest` into the local file `dest` and verify it (size, then sha256).
+
+        A mismatch raises CorruptBlob; `dest` then holds unverified bytes, which the caller's staging
+        context removes.
+        """
+        key = self.blob_key(digest)
+        try:
+            self.download(key, dest, size=size, callback=callback)
+        except NotFound:
+            raise NotFound(f"blob {digest} is not in {self.url} (no object {self.where(key)}); republish it or "
+                           "compile the skill again") from None
+        actual, length = hash_file(dest)
+        if actual != digest:
+            raise CorruptBlob(
+                f"blob {digest} downloaded from {self.url} is corrupt: its {length} bytes hash to {actual}; "
+                "it was not kept. The object in the bucket was tampered with or damaged; republish it"
+            )
 
     # -- BlobStore: writes ---------------------------------------------------------------------
     def put_file(self, path: Path) -> tuple[str, int]:
@@ -411,9 +387,24 @@ class S3Store:
         self.upload_file(path, key, extra={"Metadata": {"sha256": digest_hex(digest)}})
         after = os.stat(path)
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or after.st_size != size:
-            self._delete_key(key)
+            self.delete_key(key)
             raise StoreError(f"{path} changed while it was being uploaded; nothing was stored, retry once it is complete")
         return digest, size
+
+    def staging(self, suffix: str = ".tmp") -> AbstractContextManager[Path]:
+        """A staging file in the local cache's `blobs/tmp/` (inside the data home); see LocalStore."""
+        return self.cache.staging(suffix)
+
+    def put_staged(self, path: Path, digest: str | None = None) -> tuple[str, int]:
+        """Upload a staged file under its digest (hashed again while uploading) and remove it."""
+        try:
+            return self.put_file(path)
+        finally:
+            Path(path).unlink(missing_ok=True)
+
+    def clean_staging(self, older_than_s: float = STAGING_GRACE_S) -> tuple[int, int]:
+        """Remove the local cache's stale staging files (killed downloads); (files, bytes) removed."""
+        return self.cache.clean_staging(older_than_s)
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         digest, size = f"sha256:{hashlib.sha256(data).hexdigest()}", len(data)
@@ -451,10 +442,10 @@ class S3Store:
             pass
         except CorruptBlob:
             cache.delete(digest)  # a damaged cached copy: fetch it again
-        tmp = self.fetch(digest, tmp_dir_for(cache))
-        path = install_verified(cache, tmp, digest)
-        assert path is not None
-        return path
+        with cache.staging(".part") as tmp:
+            self.fetch(digest, tmp)
+            cache.put_staged(tmp, digest)
+        return cache.local_path(digest)
 
     def read_bytes(self, digest: str) -> bytes:
         cache = self.cache
@@ -491,7 +482,8 @@ class S3Store:
             raise NotFound(f"blob {digest} is not in the store {self.url}") from None
         return f"sha256:{h.hexdigest()}" == digest
 
-    def _delete_key(self, key: str) -> None:
+    def delete_key(self, key: str) -> None:
+        """Remove object `key` (any object under this prefix, e.g. a pack's index); absent is fine."""
         try:
             with s3_errors("delete", self.where(key)):
                 self.client.delete_object(Bucket=self.bucket, Key=key)
@@ -505,7 +497,7 @@ class S3Store:
         self.cache.delete(digest)
         if head is None:
             return 0
-        self._delete_key(key)
+        self.delete_key(key)
         return int(head["ContentLength"])
 
     def digests(self) -> Iterator[str]:
