@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from skillforge import artifact
-from skillforge.compile import compile_skill, resolve_anchor, system_anchor
+from skillforge.compile import compile_skill
 from skillforge.manifest import Manifest
 from skillforge.model.loader import LoadedModel
+from skillforge.prompt import check_anchor, resolve_anchor, system_anchor
 
 
 @dataclass
@@ -37,9 +38,9 @@ def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any,
     from skillforge.artifact import anchor_digest
     from skillforge.errors import BadReference, NotFound
 
-    if system and anchor != "template":
+    if system and check_anchor(anchor) != "template":
         raise BadReference("--system goes with the template anchor: a raw prompt has no system message to compile behind")
-    anchor_ids = resolve_anchor(lm, anchor)
+    anchor_ids = resolve_anchor(lm.tokenizer, anchor)
     outcomes = []
     for m in manifests:
         rendered = m.render()

@@ -268,10 +268,8 @@ def _eos(lm: Any) -> set[int]:
 
 def reference_ids(lm: Any, system: str, texts: list[str], user: str, raw: bool) -> list[int]:
     """The prompt a plain transformers user would build (layout contract), tokenized by transformers."""
-    from skillforge.runtime.layout import system_content
-
     tok = lm.tokenizer
-    content = system_content(system, texts)
+    content = "\n\n".join([t for t in [system, *texts] if t])  # written out: this checks skillforge.prompt
     if raw:
         return list(tok("\n\n".join(t for t in [content, user] if t), add_special_tokens=True)["input_ids"])
     messages = ([{"role": "system", "content": content}] if content else []) + [{"role": "user", "content": user}]
@@ -711,12 +709,12 @@ def run_bench(lm: Any, lengths: list[int], repeats: int = 3, full_repeats: int |
     result: dict[str, Any] = {"model": lm.name, "device": str(lm.device), "dtype": lm.dtype, "repeats": repeats,
                               "rows": rows, "compile_tokens_per_s": None, "bare_forward_tokens_per_s": None}
     if compile_info:
-        from skillforge.compile import resolve_anchor, tokenize_with_offsets
+        from skillforge.prompt import resolve_anchor, tokenize_with_offsets
 
         n = compile_info["tokens"]
         result["compile_tokens_per_s"] = round(n / (compile_info["compile_ms"] / 1000), 1)
         ids, _ = tokenize_with_offsets(lm.tokenizer, compile_info["manifest"].render().text)
-        x = torch.tensor([resolve_anchor(lm, "template") + ids], device=device)
+        x = torch.tensor([resolve_anchor(lm.tokenizer, "template") + ids], device=device)
         say(f"bench: bare forward of {x.shape[1]} tokens")
         _, bare_ms = _timed(lambda: model(input_ids=x, logits_to_keep=1))
         result["bare_forward_tokens_per_s"] = round(n / (bare_ms / 1000), 1)

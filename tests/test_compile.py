@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,10 +12,11 @@ import torch
 
 from skillforge import artifact
 from skillforge.build import compile_manifests
-from skillforge.compile import compile_skill, prefill, template_anchor
-from skillforge.errors import ArtifactMismatch, CorruptBlob, UnsupportedModel
+from skillforge.compile import compile_skill, prefill
+from skillforge.errors import ArtifactMismatch, BadInput, CorruptBlob, UnsupportedModel
 from skillforge.manifest import Manifest, discover
 from skillforge.model.loader import LoadedModel
+from skillforge.prompt import resolve_anchor, template_anchor
 from skillforge.registry import Registry
 from skillforge.store import LocalStore
 
@@ -31,6 +35,17 @@ def manifest(template: str = TEXT, version: str = "1.0.0", name: str = "policy")
 def test_anchor_is_the_chat_template_prefix(demo_tokenizer):
     ids = template_anchor(demo_tokenizer)
     assert demo_tokenizer.decode(ids) == "<|im_start|>system\n"
+
+
+def test_an_unknown_anchor_names_the_valid_ones(demo_tokenizer, home: Path, skills_dir: Path):
+    with pytest.raises(BadInput, match="unknown anchor 'bogus'; choose one of template, none"):
+        resolve_anchor(demo_tokenizer, "bogus")
+    # the installed command refuses it with exit 2 before it loads any model (this one does not exist)
+    script = Path(sys.executable).parent / "skillforge"
+    done = subprocess.run([str(script), "compile", str(skills_dir / "refund-desk"), "--anchor", "bogus", "--model", "/nonexistent"],
+                          capture_output=True, text=True, env={**os.environ, "SKILLFORGE_HOME": str(home)}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "BadInput: unknown anchor 'bogus'; choose one of template, none" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_compiled_kv_equals_a_direct_prefill(demo_tokenizer):

@@ -13,7 +13,7 @@ from skillforge.manifest import discover
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Repair, Runtime
 from skillforge.runtime.hotcache import HotCache
-from skillforge.runtime.layout import align
+from skillforge.prompt import align
 from skillforge.store import LocalStore
 
 from tiny_models import build

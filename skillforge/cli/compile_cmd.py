@@ -22,7 +22,9 @@ def register(app: typer.Typer) -> None:
 
         from skillforge.build import compile_manifests
         from skillforge.manifest import discover
+        from skillforge.prompt import check_anchor
 
+        check_anchor(anchor)  # before the model loads
         manifests = discover(path)
         if not manifests:
             info(f"no skills found under {path}")

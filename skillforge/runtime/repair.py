@@ -35,7 +35,7 @@ from skillforge.errors import BadReference
 from skillforge.runtime.attention import wrapped_attention
 
 if TYPE_CHECKING:
-    from skillforge.runtime.layout import Prompt
+    from skillforge.prompt import Prompt
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from skillforge.rope import RopeSpec, rope_spec
 from skillforge.runtime.cache import CachePool, SpliceCache
 from skillforge.runtime.edits import DEFAULT_ERRATUM, check_erratum_template
 from skillforge.runtime.hotcache import HotCache
-from skillforge.runtime.layout import Prompt, align, build_prompt
+from skillforge.prompt import Prompt, align, build_prompt, resolve_anchor, system_anchor
 from skillforge.runtime.masks import scattered_mask
 from skillforge.runtime.passes import PASS_COST, grouped_attention, plan_passes
 from skillforge.runtime.repair import Repair, select_repair
@@ -54,7 +54,7 @@ class Resolved:
 
 @dataclass
 class Context:
-    """What the prompt is made of (the layout contract is in runtime/layout.py)."""
+    """What the prompt is made of (the layout contract is in skillforge/prompt.py)."""
 
     skills: list[str] = field(default_factory=list)
     system: str = ""
@@ -152,7 +152,6 @@ class Runtime:
         """The same skill version compiled behind `system`, if the registry has it, else `row`. One
         query; the anchor (which depends on the skill's text) is computed once per system text."""
         from skillforge.artifact import anchor_digest
-        from skillforge.compile import system_anchor
 
         key = (system, row.digest)
         if key not in self._system_anchors:
@@ -171,9 +170,8 @@ class Runtime:
         raw. Rendered once per Runtime, not on every resolve (the template does not change)."""
         if raw not in self._anchors:
             from skillforge.artifact import anchor_digest
-            from skillforge.compile import resolve_anchor
 
-            self._anchors[raw] = anchor_digest(resolve_anchor(self.lm, "none" if raw else "template"))
+            self._anchors[raw] = anchor_digest(resolve_anchor(self.lm.tokenizer, "none" if raw else "template"))
         return self._anchors[raw]
 
     def layer_shapes(self) -> list[tuple[int, int, int]]:
