@@ -1,7 +1,7 @@
 """Resolve a model reference (alias, folder, .gguf file, hub id) and load it for prefill.
 
 Accepted references:
-  smollm2-135m          the demo model, after `skillforge model pull smollm2-135m`
+  smollm2-135m          a catalogue alias (model/catalogue.py), after `skillforge model pull ALIAS`
   ./path/to/folder      a transformers checkpoint folder (config.json + weights + tokenizer)
   ./model.gguf          a GGUF file, dequantized and converted to a safetensors folder once
   org/name              a hub id, for machines that reach a model hub
@@ -9,16 +9,17 @@ Accepted references:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from skillforge import config
-from skillforge.errors import ModelUnavailable
-from skillforge.model import demo
+from skillforge.errors import BadInput, ModelUnavailable
+from skillforge.model import pull
+from skillforge.model.catalogue import CATALOGUE, DEMO
+from skillforge.model.convert import gguf_folder
 from skillforge.model.fingerprint import WEIGHT_SUFFIXES, Fingerprint, fingerprint_model
 
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -54,56 +55,47 @@ class LoadedModel:
         return cls(name, model, tokenizer, fp, device, dtype)
 
 
-def _gguf_folder(gguf: Path) -> Path:
-    st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    folder = config.models_dir() / f"gguf-{gguf.stem}-{key}"
-    if not (folder / "config.json").is_file():
-        import tempfile
-        import os
-
-        with tempfile.TemporaryDirectory(dir=config.models_dir(), prefix=".convert-") as tmp:
-            staged = demo.convert_gguf(gguf, Path(tmp) / "converted")
-            os.replace(staged, folder)
-    return folder
-
-
 def resolve_model_path(ref: str) -> Path | str:
     """Model reference -> local folder, or the hub id unchanged when it is not a local path."""
-    if ref == demo.ALIAS:
-        if not demo.is_pulled():
-            raise ModelUnavailable(f"the demo model is not here yet; run: skillforge model pull {demo.ALIAS}")
-        return demo.demo_path()
+    if ref in CATALOGUE:
+        if not pull.is_pulled(ref):
+            raise ModelUnavailable(f"model {ref} is not here yet; run: skillforge model pull {ref}")
+        return pull.model_path(ref)
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelUnavailable(f"GGUF file {path} does not exist")
-        return _gguf_folder(path)
+        return gguf_folder(path)
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelUnavailable(f"{path} is not a transformers model folder (no config.json)")
         return path
     if ref.startswith((".", "/", "~")) or ref.count("/") != 1:
-        raise ModelUnavailable(f"model {ref!r} is neither the alias {demo.ALIAS}, a model folder, a .gguf file nor a hub id (org/name)")
+        raise ModelUnavailable(f"model {ref!r} is neither an alias ({', '.join(CATALOGUE)}), a model folder, "
+                               "a .gguf file nor a hub id (org/name)")
     return ref
 
 
 def pick_device(device: str) -> str:
+    """`auto` (cuda when there is one), `cpu`, `cuda` or `cuda:N`; anything else is bad input."""
     import torch
 
+    kind, _, index = device.partition(":")
+    if device not in DEVICES and not (kind == "cuda" and index.isdigit()):
+        raise BadInput(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}, cuda:N")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if kind == "cuda" and not torch.cuda.is_available():
         raise ModelUnavailable("--device cuda was asked for but no CUDA device is available; use --device cpu")
     return device
 
 
 def pick_dtype(dtype: str, device: str) -> str:
     if dtype not in DTYPES:
-        raise ModelUnavailable(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        raise BadInput(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if dtype == "auto":
         # float32 on CPU keeps splices numerically equal to a recompute; bfloat16 is the GPU norm.
-        return "bfloat16" if device == "cuda" else "float32"
+        return "bfloat16" if device.startswith("cuda") else "float32"
     return dtype
 
 
@@ -125,7 +117,7 @@ def load_model(ref: str, device: str = "auto", dtype: str = "auto") -> LoadedMod
         where = "the hub" if isinstance(source, str) else str(source)
         raise ModelUnavailable(
             f"could not load model {ref!r} from {where}: {str(exc).splitlines()[0]}; "
-            f"pass a local model folder, a .gguf file, or the demo alias {demo.ALIAS}"
+            f"pass a local model folder, a .gguf file, or an alias such as {DEMO}"
         ) from exc
     model.to(device).eval()
     files = [p for p in Path(source).iterdir() if p.suffix in WEIGHT_SUFFIXES] if isinstance(source, Path) else []
