@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-import tomllib
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,12 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from skillforge.errors import BadReference, EditError, ManifestError, NotFound
-from skillforge.refs import check_name, check_version, version_key
+from skillforge.manifest_io import Unreadable, key_lines, parse_toml, probe, prompt_path, read_text, show
+from skillforge.refs import check_field_name, check_name, check_version, shown, version_key
 
 MANIFEST_FILE = "skill.toml"
+# Bounds: every string here ends up in index rows, pack indexes and error messages; the prompt is
+# tokenized whole. A 1 MiB prompt is ~250k tokens, past any context a skill is spliced into.
 MAX_VALUE_CHARS = 200
+MAX_LABEL_CHARS = 200
+MAX_DESCRIPTION_CHARS = 1000
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_PROMPT_BYTES = 1024 * 1024
 
-FIELD_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 # A placeholder: `{{name}}` or `{{ name }}` (spaces and tabs only, no line breaks inside).
 PLACEHOLDER_RE = re.compile(r"\{\{[ \t]*([a-z_][a-z0-9_]*)[ \t]*\}\}")
 
@@ -160,17 +165,15 @@ def validate_value(skill: str, field: str, value: str) -> str:
 def load_manifest(path: Path) -> Manifest:
     """Load and validate one manifest; `path` is a skill.toml or the folder holding one."""
     path = Path(path)
-    toml_path = path / MANIFEST_FILE if path.is_dir() else path
-    if not toml_path.is_file():
-        if path.is_dir():
-            raise NotFound(f"{_show(path)}: no {MANIFEST_FILE} in this folder; a skill folder needs one")
-        raise NotFound(f"{_show(path)}: no such manifest file; give a skill folder or its {MANIFEST_FILE}")
+    toml_path = path / MANIFEST_FILE if probe(path, Path.is_dir) else path
+    if not probe(toml_path, Path.is_file):
+        if probe(path, Path.is_dir):
+            raise NotFound(f"{show(path)}: no {MANIFEST_FILE} in this folder; a skill folder needs one")
+        raise NotFound(f"{show(path)}: no such manifest file; give a skill folder or its {MANIFEST_FILE}")
     try:
-        raw = toml_path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ManifestError(f"{_show(toml_path)}: the file is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise ManifestError(f"{_show(toml_path)}: cannot read the file ({e.strerror or e})") from None
+        raw = read_text(toml_path, MAX_MANIFEST_BYTES)
+    except Unreadable as e:
+        raise ManifestError(f"{show(toml_path)}: {e}") from None
     return _parse_toml(toml_path, raw)
 
 
@@ -180,18 +183,18 @@ def discover(root: Path) -> list[Manifest]:
     Sorted by name (then version). Two manifests with the same name@version are an error.
     """
     root = Path(root)
-    if not root.exists():
-        raise NotFound(f"{_show(root)}: no such file or folder; give a skill folder, a {MANIFEST_FILE}, or a folder of skill folders")
-    if root.is_file() or (root / MANIFEST_FILE).is_file():
+    if not probe(root, Path.exists):
+        raise NotFound(f"{show(root)}: no such file or folder; give a skill folder, a {MANIFEST_FILE}, or a folder of skill folders")
+    if probe(root, Path.is_file) or probe(root / MANIFEST_FILE, Path.is_file):
         manifests = [load_manifest(root)]
     else:
-        manifests = [load_manifest(p) for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if p.is_file()]
+        manifests = [load_manifest(p) for p in sorted(root.glob(f"*/{MANIFEST_FILE}")) if probe(p, Path.is_file)]
     seen: dict[str, Manifest] = {}
     for m in manifests:
         other = seen.get(m.ref)
         if other is not None:
             raise ManifestError(
-                f"{_show(other.path)} and {_show(m.path)} both define {m.ref}; "
+                f"{show(other.path)} and {show(m.path)} both define {m.ref}; "
                 "rename one skill or bump its version"
             )
         seen[m.ref] = m
@@ -224,24 +227,8 @@ class _Reporter:
 
 
 def _parse_toml(toml_path: Path, raw: str) -> Manifest:
-    err = _Reporter(_show(toml_path), None)
-    try:
-        data = tomllib.loads(raw)
-    except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        m = re.search(r"\(at line (\d+), column (\d+)\)\s*$", msg)
-        lineno = getattr(e, "lineno", None) or (int(m[1]) if m else None)
-        colno = getattr(e, "colno", None) or (int(m[2]) if m else None)
-        reason = getattr(e, "msg", None) or re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)\s*$", "", msg)
-        _, unclosed = _scan_toml(raw)
-        if unclosed is not None and (lineno is None or "end of document" in msg or lineno > raw.count("\n")):
-            # The parser ran off the end: point at the multi-line string that never closes.
-            raise err.fail(unclosed, f"invalid TOML: {reason}; the multi-line string that starts here is never closed") from None
-        if lineno is None:
-            lineno = raw.count("\n") + (0 if raw.endswith("\n") else 1)
-        col = f" (column {colno})" if colno else ""
-        raise err.fail(lineno, f"invalid TOML: {reason}{col}") from None
-    err = _Reporter(_show(toml_path), _toml_key_lines(raw))
+    data = parse_toml(raw, show(toml_path))
+    err = _Reporter(show(toml_path), key_lines(raw))
 
     _reject_unknown_keys(err, data, _TOP_KEYS, "top-level key", ())
     for key in ("name", "version"):
@@ -274,26 +261,16 @@ def _parse_toml(toml_path: Path, raw: str) -> Manifest:
         rel = _require_str(err, data, "prompt_file", ())
         if not rel.strip():
             raise err.fail(("prompt_file",), "prompt_file is empty; name a file next to skill.toml, e.g. prompt_file = \"prompt.md\"")
-        folder = toml_path.parent
-        if Path(rel).is_absolute():
-            raise err.fail(("prompt_file",), f"prompt_file {rel!r} is absolute; give a path relative to the skill folder")
-        prompt_path = folder / rel
         try:
-            inside = prompt_path.resolve().is_relative_to(folder.resolve())
-        except OSError:
-            inside = False
-        if not inside:
-            raise err.fail(("prompt_file",), f"prompt_file {rel!r} points outside the skill folder; keep the prompt next to skill.toml")
-        if not prompt_path.is_file():
-            raise err.fail(("prompt_file",), f"prompt_file {rel!r} not found (looked for {_show(prompt_path)})")
+            prompt = prompt_path(toml_path.parent, rel)
+        except Unreadable as e:
+            raise err.fail(("prompt_file",), str(e)) from None
         try:
-            template = prompt_path.read_bytes().decode("utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise err.fail(("prompt_file",), f"prompt_file {rel!r} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise err.fail(("prompt_file",), f"cannot read prompt_file {rel!r} ({e.strerror or e})") from None
+            template = read_text(prompt, MAX_PROMPT_BYTES)
+        except Unreadable as e:
+            raise err.fail(("prompt_file",), f"cannot read prompt_file {shown(rel)}: {e}") from None
         template = _normalize_newlines(template)  # so offsets below match the text _build checks
-        template_err = _Reporter(_show(prompt_path), None)
+        template_err = _Reporter(show(prompt), None)
 
         def template_line(start: int, text: str) -> int | None:
             return template.count("\n", 0, start) + 1
@@ -328,9 +305,11 @@ def _build(
         check_version(version)
     except BadReference as e:
         raise err.fail(("version",), str(e)) from None
-    description = _require_str(err, data, "description", ()) if "description" in data else ""
+    description = _optional_text(err, data, "description", (), MAX_DESCRIPTION_CHARS)
 
     template = _normalize_newlines(template)
+    if len(template.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
+        raise template_err.fail(None, f"the prompt is longer than {MAX_PROMPT_BYTES // 1024 ** 2} MiB; split the skill")
     if not template.strip():
         if template_err is err:
             raise err.fail(("prompt",), "the prompt is empty; write the skill's text")
@@ -380,8 +359,10 @@ def _parse_fields(err: _Reporter, skill: str, raw_fields: Any) -> dict[str, Fiel
     fields: dict[str, FieldSpec] = {}
     for fname, spec in raw_fields.items():
         key = ("fields", fname)
-        if not FIELD_NAME_RE.match(fname):
-            raise err.fail(key, f"invalid field name {fname!r}: use lowercase letters, digits and '_', not starting with a digit")
+        try:
+            check_field_name(fname)
+        except BadReference as e:
+            raise err.fail(key, str(e)) from None
         if not isinstance(spec, dict):
             raise err.fail(key, f"field {fname!r} must be a table; write [fields.{fname}] with default = \"...\"")
         _reject_unknown_keys(err, spec, _FIELD_KEYS, f"key in [fields.{fname}]", key)
@@ -392,9 +373,9 @@ def _parse_fields(err: _Reporter, skill: str, raw_fields: Any) -> dict[str, Fiel
             validate_value(skill, fname, default)
         except EditError as e:
             raise err.fail(key + ("default",), f"default of field {fname!r} is invalid: {_after_colon(str(e))}") from None
-        description = _require_str(err, spec, "description", key) if "description" in spec else ""
+        description = _optional_text(err, spec, "description", key, MAX_DESCRIPTION_CHARS)
         if "label" in spec:
-            label = _require_str(err, spec, "label", key)
+            label = _optional_text(err, spec, "label", key, MAX_LABEL_CHARS)
             if not label.strip() or any(c in _LINE_BREAKS for c in label):
                 raise err.fail(key + ("label",), f"label of field {fname!r} must be a non-empty single line")
         else:
@@ -406,10 +387,22 @@ def _parse_fields(err: _Reporter, skill: str, raw_fields: Any) -> dict[str, Fiel
 def _require_str(err: _Reporter, table: dict, key: str, parent: tuple[str, ...]) -> str:
     value = table.get(key)
     if not isinstance(value, str):
-        shown = "".join(f"[{p}]" if i == 0 else f".{p}" for i, p in enumerate(parent))
-        where = f"{key!r} in {shown}" if parent else repr(key)
-        hint = f'; quote it: {key} = "{value}"' if type(value) in (int, float) else ""
+        table_name = "".join(f"[{p}]" if i == 0 else f".{p}" for i, p in enumerate(parent))
+        where = f"{key!r} in {table_name}" if parent else repr(key)
+        # Only a short number is worth repeating (str() of a 5,000-digit hex integer raises, too).
+        short = type(value) in (int, float) and abs(value) < 1e15
+        hint = f'; quote it: {key} = "{value}"' if short else ""
         raise err.fail(parent + (key,), f"{where} must be a string, got {_toml_type(value)}{hint}")
+    return value
+
+
+def _optional_text(err: _Reporter, table: dict, key: str, parent: tuple[str, ...], limit: int) -> str:
+    """An optional string of at most `limit` characters ("" when absent)."""
+    if key not in table:
+        return ""
+    value = _require_str(err, table, key, parent)
+    if len(value) > limit:
+        raise err.fail(parent + (key,), f"{key} is {len(value)} characters long; the limit is {limit}")
     return value
 
 
@@ -418,7 +411,7 @@ def _reject_unknown_keys(err: _Reporter, table: dict, allowed: tuple[str, ...], 
         if key not in allowed:
             hint = difflib.get_close_matches(key, allowed, n=1)
             mean = f"did you mean {hint[0]!r}? " if hint else ""
-            raise err.fail(parent + (key,), f"unknown {what} {key!r}; {mean}(allowed: {', '.join(allowed)})")
+            raise err.fail(parent + (key,), f"unknown {what} {shown(key)}; {mean}(allowed: {', '.join(allowed)})")
 
 
 def _substitute(template: str, values: Mapping[str, str]) -> Rendered:
@@ -462,79 +455,3 @@ def _toml_type(value: Any) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", dict: "a table", list: "an array"}.get(
         type(value), "nothing" if value is None else type(value).__name__
     )
-
-
-def _show(path: Path) -> str:
-    """A path as the user would type it: relative to the working folder when inside it."""
-    path = Path(path)
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return str(path)
-
-
-# --------------------------------------------------------------------------------------------------
-# Line numbers for semantic errors. tomllib does not report where keys are, so scan the raw text:
-# table headers and `key = value` lines outside multi-line strings. Only used to point at lines in
-# error messages; if the scan misses something the message simply has no line number.
-
-_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')"""
-_KEY_PATH = rf"{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*"
-_HEADER_RE = re.compile(rf"^[ \t]*\[[ \t]*({_KEY_PATH})[ \t]*\]")
-_KEYVAL_RE = re.compile(rf"^[ \t]*({_KEY_PATH})[ \t]*=[ \t]*(.*)$")
-_INLINE_KEY_RE = re.compile(rf"({_KEY_PATH})[ \t]*=")
-
-
-def _split_key(path: str) -> tuple[str, ...]:
-    return tuple(p[1:-1] if p[:1] in "\"'" else p for p in re.findall(_KEY_PART, path))
-
-
-def _toml_key_lines(raw: str) -> dict[tuple[str, ...], int]:
-    return _scan_toml(raw)[0]
-
-
-def _scan_toml(raw: str) -> tuple[dict[tuple[str, ...], int], int | None]:
-    """(line of each key path, line where a multi-line string opens and never closes, or None)."""
-    lines: dict[tuple[str, ...], int] = {}
-    open_line: int | None = None
-    table: tuple[str, ...] = ()
-    open_delim: str | None = None
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if open_delim is not None:
-            if _closes(line, 0, open_delim):
-                open_delim, open_line = None, None
-            continue
-        header = _HEADER_RE.match(line)
-        if header:
-            table = _split_key(header[1])
-            lines.setdefault(table, lineno)
-            continue
-        kv = _KEYVAL_RE.match(line)
-        if not kv:
-            continue
-        key = table + _split_key(kv[1])
-        for i in range(1, len(key) + 1):
-            lines.setdefault(key[:i], lineno)
-        value = kv[2]
-        for delim in ('"""', "'''"):
-            if value.startswith(delim):
-                if not _closes(value, 3, delim):
-                    open_delim, open_line = delim, lineno
-                break
-        else:
-            if value.startswith("{"):
-                for m in _INLINE_KEY_RE.finditer(value):
-                    lines.setdefault(key + _split_key(m[1]), lineno)
-    return lines, open_line
-
-
-def _closes(text: str, start: int, delim: str) -> bool:
-    i = text.find(delim, start)
-    while i != -1:
-        if delim == "'''":
-            return True
-        backslashes = len(text[:i]) - len(text[:i].rstrip("\\"))
-        if backslashes % 2 == 0:
-            return True
-        i = text.find(delim, i + 1)
-    return False
