@@ -76,6 +76,9 @@ def build_prompt(tokenizer: Any, system: str, skill_texts: list[str], user: str,
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         base = 0
     else:
+        if not getattr(tokenizer, "chat_template", None):
+            raise BadInput("this model's tokenizer has no chat template (a base model): use a raw prompt "
+                           "(--raw, Context(raw=True)), which joins the texts by blank lines after the tokenizer's prefix")
         messages = ([{"role": "system", "content": content}] if content else []) + [{"role": "user", "content": user}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
