@@ -17,28 +17,16 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import torch
-from transformers import DynamicCache
-
 from skillforge.artifact import ArtifactMeta, FieldSpan
 from skillforge.errors import ContextTooLong
 from skillforge.manifest import Manifest
+from skillforge.model.forward import KV, prefill
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import char_spans_to_tokens, resolve_anchor, tokenize_with_offsets
 from skillforge.rope import rope_spec
 
-@torch.no_grad()
-def prefill(lm: LoadedModel, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Plain prefill of `ids` at positions 0.. -> per-layer (K, V) [kv_heads, tokens, head_dim]."""
-    device = lm.model.device
-    input_ids = torch.tensor([ids], device=device)
-    cache = DynamicCache()  # no config: full layers that keep every token, even for sliding-window models
-    lm.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), cache=cache,
-             use_cache=True, logits_to_keep=1)
-    return [(layer.keys[0], layer.values[0]) for layer in cache.layers]
 
-
-def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | None = None, anchor: str | list[int] = "template") -> tuple[ArtifactMeta, list[tuple[torch.Tensor, torch.Tensor]]]:
+def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | None = None, anchor: str | list[int] = "template") -> tuple[ArtifactMeta, KV]:
     """Prefill one skill behind its anchor; return metadata and the KV of the skill's own tokens."""
     spec = rope_spec(lm.model)  # refuses models whose keys cannot be moved, before any work
     rendered = manifest.render(values)
@@ -47,9 +35,8 @@ def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | 
     total = len(anchor_ids) + len(ids)
     if total > lm.max_positions:
         raise ContextTooLong(f"skill {manifest.name}@{manifest.version} is {total} tokens with its anchor; {lm.name} allows {lm.max_positions}")
-    kv = prefill(lm, anchor_ids + ids)
     n = len(anchor_ids)
-    layers = [(k[:, n:].clone(), v[:, n:].clone()) for k, v in kv]
+    layers = prefill(lm.model, anchor_ids + ids, start=n)
     fields = [FieldSpan(name, rendered.values[name], s, e) for name, s, e in char_spans_to_tokens(offsets, rendered.spans)]
     meta = ArtifactMeta(
         skill=manifest.name,

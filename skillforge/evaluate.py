@@ -260,12 +260,6 @@ def _vkey(version: str) -> Any:
 # Arms
 
 
-def _eos(lm: Any) -> set[int]:
-    from skillforge.runtime.splice import _as_list
-
-    return set(_as_list(lm.model.generation_config.eos_token_id) + _as_list(lm.tokenizer.eos_token_id))
-
-
 def reference_ids(lm: Any, system: str, texts: list[str], user: str, raw: bool) -> list[int]:
     """The prompt a plain transformers user would build (layout contract), tokenized by transformers."""
     tok = lm.tokenizer
@@ -306,34 +300,21 @@ def divergence(full: FullArm, tokens: list[int]) -> dict | None:
 def full_arm(lm: Any, ids: list[int], new_tokens: int = GREEDY_TOKENS) -> FullArm:
     """Full prefill of `ids` and its greedy continuation. Memoized per process: a repair sweep reuses
     the same references."""
-    from transformers import DynamicCache
+    from skillforge.model.forward import eos_ids, greedy, new_cache, run
 
     key = (lm.fingerprint.digest, tuple(ids), new_tokens)
     if key in _FULL:
         return _FULL[key]
     model, device = lm.model, lm.model.device
-    cache = DynamicCache()
-    x = torch.tensor([ids], device=device)
+    cache = new_cache()
     t0 = time.perf_counter()
-    out = model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=1)
-    logits = out.logits[0, -1].float()
+    logits = run(model, torch.tensor([ids], device=device), cache=cache)
     ttft = (time.perf_counter() - t0) * 1000
-    eos = _eos(lm)
-    tokens: list[int] = []
-    margins: list[float] = []
-    step_logits = logits
-    for step in range(new_tokens):
-        top2 = step_logits.float().topk(2).values
-        margins.append(float(top2[0] - top2[1]))
-        tok = int(step_logits.argmax())
-        tokens.append(tok)
-        if tok in eos or step == new_tokens - 1:
-            break
-        o = model(input_ids=torch.tensor([[tok]], device=device), cache=cache, use_cache=True, logits_to_keep=1)
-        step_logits = o.logits[0, -1]
+    step = lambda tok, i: run(model, torch.tensor([[tok]], device=device), cache=cache)  # noqa: E731
+    out = greedy(logits, step, new_tokens, eos_ids(model, lm.tokenizer))
     if len(_FULL) >= _FULL_MAX:
         _FULL.pop(next(iter(_FULL)))
-    _FULL[key] = FullArm(logits.cpu(), tokens, ttft, margins)
+    _FULL[key] = FullArm(logits.cpu(), out.tokens, ttft, out.margins)
     return _FULL[key]
 
 
@@ -647,6 +628,7 @@ def run_bench(lm: Any, lengths: list[int], repeats: int = 3, full_repeats: int |
     from skillforge.build import compile_manifests
     from skillforge.errors import ContextTooLong
     from skillforge.manifest import Manifest
+    from skillforge.model.forward import new_cache, run
     from skillforge.registry import Registry
     from skillforge.runtime import Context, Runtime
     from skillforge.store import LocalStore
@@ -672,7 +654,7 @@ def run_bench(lm: Any, lengths: list[int], repeats: int = 3, full_repeats: int |
 
                 say(f"bench {n} tokens: full prefill x{reps_full}")
                 ids = torch.tensor([probe.prompt.ids], device=device)
-                full = [_timed(lambda: model(input_ids=ids, logits_to_keep=1))[1] for _ in range(reps_full)]
+                full = [_timed(lambda: run(model, ids, cache=new_cache()))[1] for _ in range(reps_full)]
 
                 say(f"bench {n} tokens: splices x{repeats}")
                 rt.release(probe)
@@ -716,7 +698,7 @@ def run_bench(lm: Any, lengths: list[int], repeats: int = 3, full_repeats: int |
         ids, _ = tokenize_with_offsets(lm.tokenizer, compile_info["manifest"].render().text)
         x = torch.tensor([resolve_anchor(lm.tokenizer, "template") + ids], device=device)
         say(f"bench: bare forward of {x.shape[1]} tokens")
-        _, bare_ms = _timed(lambda: model(input_ids=x, logits_to_keep=1))
+        _, bare_ms = _timed(lambda: run(model, x, cache=new_cache()))
         result["bare_forward_tokens_per_s"] = round(n / (bare_ms / 1000), 1)
     result["floor"] = ("the splice's forward passes alone (template pieces, system and user text, seam and repaired "
                        "tokens, last token) over an already assembled cache: no tokenization, artifact read or rotation")

@@ -12,9 +12,10 @@ import torch
 
 from skillforge import artifact
 from skillforge.build import compile_manifests
-from skillforge.compile import compile_skill, prefill
+from skillforge.compile import compile_skill
 from skillforge.errors import ArtifactMismatch, BadInput, CorruptBlob, UnsupportedModel
 from skillforge.manifest import Manifest, discover
+from skillforge.model.forward import prefill
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import resolve_anchor, template_anchor
 from skillforge.registry import Registry
@@ -56,7 +57,7 @@ def test_compiled_kv_equals_a_direct_prefill(demo_tokenizer):
     # A longer prefill of the same tokens followed by more text: causal attention means the skill's
     # KV must be the same slice of it.
     extra = demo_tokenizer(" And one more sentence after the skill.", add_special_tokens=False)["input_ids"]
-    direct = prefill(lm, ids + extra)
+    direct = prefill(lm.model, ids + extra)
     n = len(meta.anchor_ids)
     for (k, v), (dk, dv) in zip(kv, direct):
         torch.testing.assert_close(k, dk[:, n : n + meta.tokens], rtol=0, atol=1e-5)

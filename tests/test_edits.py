@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skillforge.compile import compile_skill, prefill
+from skillforge.compile import compile_skill
 from skillforge.errors import EditError
 from skillforge.manifest import Manifest
+from skillforge.model.forward import prefill
 from skillforge.runtime import Context, Repair, Resolved, Runtime
 
 from tiny_models import build
@@ -49,7 +50,7 @@ def test_in_place_recomputes_exactly_the_field_tokens(setup):
     changed = [p for p in field if result.prompt.ids[p] != skill.meta.token_ids[p - offset]]
     assert result.edits[0]["tokens_computed"] == len(changed) > 0
     assert "[STATE UPDATE]" not in result.prompt.text
-    direct = prefill(lm, result.prompt.ids[:-1])
+    direct = prefill(lm.model, result.prompt.ids[:-1])
     for layer, (k, v) in enumerate(direct):
         cache = result.cache.layers[layer]
         torch.testing.assert_close(cache.keys[0][:, field], k[:, field], rtol=0, atol=1e-5)
@@ -188,7 +189,7 @@ def test_contrast_subtracts_the_erratum_line_from_field_plus_erratum(setup):
     assert tokens == expected
     for guide in (stale, null):  # each stream's new tokens sit at its own positions (layer-0 keys carry them)
         n = len(guide.prompt.ids)
-        direct = prefill(lm, guide.prompt.ids + expected[:-1])[0][0]
+        direct = prefill(lm.model, guide.prompt.ids + expected[:-1])[0][0]
         torch.testing.assert_close(guide.cache.layers[0].keys[0][:, n:n + 3], direct[:, n:n + 3], atol=1e-5, rtol=0)
     rt.release(result)
     assert result.cache is None and stale.cache is None and null.cache is None

@@ -19,9 +19,10 @@ import torch
 from transformers import DynamicCache
 
 import tiny_models as tm
-from skillforge.compile import compile_skill, prefill
+from skillforge.compile import compile_skill
 from skillforge.errors import UnsupportedModel
 from skillforge.manifest import Manifest
+from skillforge.model.forward import prefill
 from skillforge.rope import rope_spec
 from skillforge.runtime.repair import Repair
 from skillforge.runtime.splice import Context, Resolved, Runtime
@@ -89,7 +90,7 @@ def full_logits(lm, ids: list[int]) -> torch.Tensor:
 
 @torch.no_grad()
 def full_kv(lm, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return prefill(lm, ids)
+    return prefill(lm.model, ids)
 
 
 def chat_ids(tok, system: str, user: str) -> list[int]:
@@ -150,7 +151,7 @@ def test_remap_matches_direct_prefill(tok, family, position):
     spec = rope_spec(lm.model)
     ids = sample_ids(tok)
     T = len(ids)
-    at_zero = prefill(lm, ids)
+    at_zero = prefill(lm.model, ids)
 
     # The same tokens prefilled directly at position..position+T-1. An explicit all-ones mask and a fresh
     # cache keep transformers from reading the position jump as packed sequences: the causal mask is
@@ -293,7 +294,7 @@ def test_bf16_rotation_computed_in_float32(tok, family):
     T = len(ids)
     cos, sin = spec.angle_delta(1, torch.arange(T), torch.arange(1000, 1000 + T))
     assert cos.dtype == sin.dtype == torch.float32
-    k32 = prefill(lm, ids)[1][0]
+    k32 = prefill(lm.model, ids)[1][0]
     k16 = k32.to(torch.bfloat16)
     moved16 = spec.shift(1, k16, cos, sin)
     assert moved16.dtype == torch.bfloat16 and moved16.shape == k16.shape

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
-from skillforge.runtime.attention import wrapped_attention
+from skillforge.model.forward import wrapped_attention
 
 # Fixed cost of one more group, in query x key units: an attention call per layer (~0.05 ms on a CPU,
 # where one query over 8k keys costs ~0.3 ms per layer). On an accelerator attention over the cache

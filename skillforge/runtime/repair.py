@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from skillforge.errors import BadReference
-from skillforge.runtime.attention import wrapped_attention
+from skillforge.model.forward import run, wrapped_attention
 
 if TYPE_CHECKING:
     from skillforge.prompt import Prompt
@@ -134,7 +134,7 @@ def _deviating(runtime: Any, layer: int, prompt: "Prompt", candidates: list[int]
 
     with wrapped_attention(model, record):
         try:
-            model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, logits_to_keep=1)
+            run(model, ids, mask=torch.ones_like(ids))
         except _Stop:
             pass
     q, k = seen["query"][0].float(), seen["key"][0].float()  # [heads, L, dim], [kv_heads, L, dim]

@@ -28,6 +28,7 @@ import torch
 
 from skillforge.artifact import ArtifactMeta
 from skillforge.errors import ArtifactMismatch, ContextTooLong, NotFound
+from skillforge.model.forward import eos_ids, greedy, layer_shapes, run
 from skillforge.model.loader import LoadedModel
 from skillforge.rope import RopeSpec, rope_spec
 from skillforge.runtime.cache import CachePool, SpliceCache
@@ -177,13 +178,7 @@ class Runtime:
     def layer_shapes(self) -> list[tuple[int, int, int]]:
         """(kv_heads, key_dim, value_dim) per layer, read once from a one-token forward."""
         if self._shapes is None:
-            from transformers import DynamicCache
-
-            cache = DynamicCache()
-            with torch.no_grad():
-                ids = torch.tensor([[self.lm.tokenizer.eos_token_id or 0]], device=self.lm.model.device)
-                self.lm.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-            self._shapes = [(l.keys.shape[1], l.keys.shape[3], l.values.shape[3]) for l in cache.layers]
+            self._shapes = layer_shapes(self.lm.model, self.lm.tokenizer.eos_token_id or 0)
         return self._shapes
 
     # -- splice ------------------------------------------------------------------------------------
@@ -270,12 +265,10 @@ class Runtime:
         cache.scatter_next_update(q)
         try:
             with grouped_attention(self.lm.model, groups):
-                out = self.lm.model(input_ids=ids[q][None], position_ids=q[None],
-                                    attention_mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype),
-                                    cache=cache, use_cache=True, logits_to_keep=1)
+                return run(self.lm.model, ids[q][None], cache=cache, positions=q[None],
+                           mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype))
         finally:
             cache.scatter_next_update(None)
-        return out.logits[0, -1].float()
 
     def _splice_auto(self, context: Context, resolved: list[Resolved], repair: Repair, t0: float) -> SpliceResult:
         """Pick in-place when its next-token decision equals field+erratum's, else field+erratum."""
@@ -360,20 +353,17 @@ class Runtime:
         t0 = time.perf_counter()
         logits = self.next_logits(result)
         ttft = result.splice_ms + (time.perf_counter() - t0) * 1000
-        eos = set(_as_list(self.lm.model.generation_config.eos_token_id) + _as_list(self.lm.tokenizer.eos_token_id))
-        out: list[int] = []
         device = result.input_ids.device
         streams = [result, *(g for g, _ in result.guides)]
-        for step in range(max_new_tokens):
-            tok = int(logits.argmax())
-            out.append(tok)
-            if tok in eos or step == max_new_tokens - 1:
-                break
-            step_logits = [self.lm.model(input_ids=torch.tensor([[tok]], device=device), cache=r.cache, use_cache=True,
-                                         position_ids=torch.tensor([[r.input_ids.shape[1] + step]], device=device),
-                                         logits_to_keep=1).logits[0, -1] for r in streams]
-            logits = _guided(step_logits[0], [(x, w) for x, (_, w) in zip(step_logits[1:], result.guides)])
-        return out, ttft
+
+        def step(tok: int, i: int) -> torch.Tensor:
+            ids = torch.tensor([[tok]], device=device)
+            logits = [run(self.lm.model, ids, cache=r.cache, positions=torch.tensor([[r.input_ids.shape[1] + i]], device=device))
+                      for r in streams]
+            return _guided(logits[0], [(x, w) for x, (_, w) in zip(logits[1:], result.guides)])
+
+        out = greedy(logits, step, max_new_tokens, eos_ids(self.lm.model, self.lm.tokenizer))
+        return out.tokens, ttft
 
 
 def _guided(logits: torch.Tensor, guides: list[tuple[torch.Tensor, float]]) -> torch.Tensor:
@@ -385,8 +375,3 @@ def _guided(logits: torch.Tensor, guides: list[tuple[torch.Tensor, float]]) -> t
         out = out + w * torch.log_softmax(g.float(), -1)
     return torch.log_softmax(out, -1)
 
-
-def _as_list(x: Any) -> list[int]:
-    if x is None:
-        return []
-    return list(x) if isinstance(x, (list, tuple)) else [int(x)]
