@@ -34,6 +34,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Generic, TypeVar
 
 SEED = 16
 # Skills whose cases all go to the test part: one policy, one tool doc, one set of examples and one
@@ -45,6 +46,8 @@ INLINE_MAX_CHARS = 2000
 # demo model's tokenizer, which averages 3.6-4.4 characters a token on this material), so the longest
 # composed prompt stays under ~6,000 tokens.
 COMPOSE_MAX_CHARS = 20000
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "evals" / "corpus"
@@ -1481,17 +1484,18 @@ def case_tokens(case: Case, skills: dict[str, Skill]) -> int:
 # Cases
 
 
-class _Deck:
+class _Deck(Generic[T]):
     """Draws items of a pool in a seeded order, reshuffling when the pool is used up.
 
     Cycling rather than sampling with replacement keeps every question (and every system text) in use
     and spreads them evenly over the cases.
     """
 
-    def __init__(self, items: list, rng: random.Random):
-        self.items, self.rng, self.order = list(items), rng, []
+    def __init__(self, items: list[T], rng: random.Random):
+        self.items, self.rng = list(items), rng
+        self.order: list[T] = []
 
-    def draw(self, avoid: tuple = ()):
+    def draw(self, avoid: tuple[T, ...] = ()) -> T:
         if not self.order:
             self.order = self.rng.sample(self.items, len(self.items))
         for i, item in enumerate(self.order):
@@ -1704,7 +1708,7 @@ def check_split(single: list[Case], multi: list[Case], split: dict[str, str]) ->
         for kind in sorted({kind_of(c) for c in cases}):
             parts = {split[c.id] for c in cases if kind_of(c) == kind}
             if parts != {"dev", "test"}:
-                problems.append(f"kind {kind} appears only in {', '.join(parts)}")
+                problems.append(f"kind {kind} appears only in {', '.join(sorted(parts))}")
     used = {part: {s for c in single + multi if split[c.id] == part for s in c.skills} for part in ("dev", "test")}
     shared = sorted(set(n for c in single for n in c.skills) - set(TEST_ONLY))
     problems += [f"test-only skill {n} appears in dev" for n in TEST_ONLY if n in used["dev"]]
