@@ -8,18 +8,20 @@ Each "machine" is its own index and local blob store; the bucket is the only thi
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 from s3server import (FP_A, FP_B, artifact_bytes, aws_env, fake_compile, make_meta, new_bucket, pg_base_url,
-                      pg_database, pg_schema, s3_endpoint)
+                      pg_database, pg_schema, s3_endpoint, sha)
 
 from skillforge.errors import BadReference, CorruptBlob, NotFound, PackError
-from skillforge.packs import list_packs, local_packs, publish, pull
+from skillforge.packs import build_index, codec, list_packs, local_packs, publish, pull
 from skillforge.registry import Registry, gc
 from skillforge.registry.packs import list_recorded_packs
 from skillforge.store import LocalStore
@@ -83,6 +85,18 @@ def overwrite(root: str, key: str, data: bytes) -> None:
     boto3.client("s3").put_object(Bucket=bucket_of(root), Key=key, Body=data)
 
 
+def encoded_key(digest: str) -> str:
+    return f"prod/blobs/zstd-planes/sha256/{digest[7:]}"
+
+
+def encode_bytes(data: bytes, tmp: Path, width: int = 4, head: int = 0) -> bytes:
+    """`data` as a zstd-planes object (what publish uploads), via the codec itself."""
+    src, dst = tmp / "plain.bin", tmp / "encoded.bin"
+    src.write_bytes(data)
+    codec.encode(src, dst, width, head)
+    return dst.read_bytes()
+
+
 def count_gets(remote: S3Store) -> list[str]:
     """Keys of every GetObject the store's client sends (boto3's own event hooks, nothing patched)."""
     keys: list[str] = []
@@ -106,7 +120,7 @@ def test_publish_list_pull_on_an_empty_home(machines: Callable[[str], Machine], 
     assert result.skills == ["pirate-voice@2.1.0", "refund-desk@1.0.0"]
     assert result.ref == f"{root}/support@1.0.0"
     keys = objects(root)
-    assert [k for k in keys if "/blobs/" in k] == sorted(f"prod/blobs/sha256/{d[7:]}" for d in digests)
+    assert [k for k in keys if "/blobs/" in k] == sorted(encoded_key(d) for d in digests)  # zstd-planes only
     assert "prod/packs/support/1.0.0.json" in keys
     assert f"prod/packs/support/1.0.0/{result.index_digest[7:]}.json" in keys
 
@@ -210,9 +224,84 @@ def test_interrupted_pull_resumes_without_downloading_again(machines: Callable[[
     assert len(b.registry.list_artifacts()) == 3
 
 
+# -- blobs travel zstd-planes encoded ------------------------------------------------------------
+
+@pytest.mark.parametrize("width", [1, 2, 4, 8])
+def test_codec_round_trips_any_size_in_blocks(tmp_path: Path, width: int) -> None:
+    head = b"H" * 1001  # a header of odd length: values in the body are aligned from there
+    body = np.random.default_rng(width).standard_normal(codec.BLOCK // 2 + 7).astype(np.float32).tobytes()
+    data = head + body[: 2 * codec.BLOCK + 3]  # several blocks, the last not a multiple of any width
+    src, enc, out = tmp_path / "src", tmp_path / "enc", tmp_path / "out"
+    src.write_bytes(data)
+    size = codec.encode(src, enc, width, len(head))
+    assert size == enc.stat().st_size <= codec.max_encoded_size(len(data))
+    assert codec.decode(enc, out, len(data), "test") == sha(data) and out.read_bytes() == data
+    out.unlink()
+    codec.decode(enc, out, len(data), "test")
+    assert out.read_bytes() == data  # deterministic
+
+
+def test_planes_compress_float_kv_better(tmp_path: Path) -> None:
+    """The reason for the planes: sign and exponent bytes repeat, mantissa bytes do not."""
+    src = tmp_path / "kv"
+    src.write_bytes(np.random.default_rng(0).standard_normal(1_000_000).astype(np.float32).tobytes())
+    plain = codec.encode(src, tmp_path / "w1", 1, 0)
+    planes = codec.encode(src, tmp_path / "w4", 4, 0)
+    assert planes < 0.95 * plain < 0.99 * src.stat().st_size
+
+
+def test_codec_refuses_what_it_did_not_write_or_more_than_recorded(tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    src, enc, out = tmp_path / "src", tmp_path / "enc", tmp_path / "out"
+    src.write_bytes(data)
+    codec.encode(src, enc, 4, 0)
+    with pytest.raises(CorruptBlob, match="decompresses beyond the 299999 bytes"):
+        codec.decode(enc, out, len(data) - 1, "blob")
+    with pytest.raises(CorruptBlob, match="ends after fewer bytes"):
+        codec.decode(enc, out, len(data) + 1, "blob")
+    import zstandard
+    (tmp_path / "plainzstd").write_bytes(zstandard.ZstdCompressor().compress(data))
+    with pytest.raises(CorruptBlob, match="not a zstd-planes blob"):
+        codec.decode(tmp_path / "plainzstd", out, len(data), "blob")
+    (tmp_path / "junk").write_bytes(b"\x00" * 100)
+    with pytest.raises(CorruptBlob, match="damaged"):
+        codec.decode(tmp_path / "junk", out, len(data), "blob")
+
+
+def test_format_1_packs_stay_pullable_and_republishable(machines: Callable[[str], Machine], root: str) -> None:
+    """What skillforge published before zstd: plain blobs and a format 1 index. Pullable as they are,
+    and republishing the same skills is the same content (no conflict), repairing with plain blobs."""
+    a, b = machines("a"), machines("b")
+    digests = compile_two(a)
+    doc = build_index(a.registry, "legacy", "1.0.0", ["refund-desk", "pirate-voice"]).to_dict()
+    doc["format"] = "skillforge.pack/1"
+    for items in doc["artifacts"].values():
+        for item in items:
+            assert item.pop("encoding") == "zstd-planes"
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    s3 = boto3.client("s3")
+    for d in digests:
+        s3.put_object(Bucket=bucket_of(root), Key=f"prod/blobs/sha256/{d[7:]}", Body=a.store.read_bytes(d),
+                      Metadata={"sha256": d[7:]})
+    overwrite(root, f"prod/packs/legacy/1.0.0/{sha(data)[7:]}.json", data)
+    overwrite(root, "prod/packs/legacy/1.0.0.json", json.dumps(
+        {"format": "skillforge.pack-tag/1", "name": "legacy", "version": "1.0.0", "index": sha(data),
+         "size": len(data), "published": "2025-01-01T00:00:00+00:00"}).encode())
+
+    got = pull(f"{root}/legacy@1.0.0", registry=b.registry, store=b.store)
+    assert sorted(got.downloaded) == sorted(digests) and got.received_bytes == got.downloaded_bytes
+    assert b.registry.list_artifacts() == a.registry.list_artifacts()
+
+    s3.delete_object(Bucket=bucket_of(root), Key=f"prod/blobs/sha256/{digests[0][7:]}")
+    again = publish(["refund-desk", "pirate-voice"], "legacy@1.0.0", root, registry=a.registry, store=a.store)
+    assert (again.created, again.index_digest, again.uploaded) == (False, sha(data), 1)
+    assert [k for k in objects(root) if "/blobs/" in k] == sorted(f"prod/blobs/sha256/{d[7:]}" for d in digests)
+
+
 # -- untrusted input -----------------------------------------------------------------------------
 
-def test_tampered_blob_is_refused_and_nothing_kept(machines: Callable[[str], Machine], root: str) -> None:
+def test_tampered_blob_is_refused_and_nothing_kept(machines: Callable[[str], Machine], root: str,
+                                                   tmp_path: Path) -> None:
     a, b = machines("a"), machines("b")
     good = fake_compile(a.registry, a.store, "alpha", nbytes=20_000)
     bad = fake_compile(a.registry, a.store, "beta", nbytes=20_000)
@@ -220,16 +309,22 @@ def test_tampered_blob_is_refused_and_nothing_kept(machines: Callable[[str], Mac
     original = a.store.read_bytes(bad)
     forged = bytearray(original)
     forged[-1] ^= 0xFF  # same size, one bit of KV flipped
-    overwrite(root, f"prod/blobs/sha256/{bad[7:]}", bytes(forged))
+    overwrite(root, encoded_key(bad), encode_bytes(bytes(forged), tmp_path))
     with pytest.raises(CorruptBlob, match=f"{bad}.*corrupt.*not kept"):
         pull(f"{root}/support@1.0.0", registry=b.registry, store=b.store)
     assert list(b.store.digests()) == [] and b.tmp_files() == []  # not even the good blob it fetched first
     assert b.registry.list_artifacts() == [] and b.registry.referenced_digests() == set()
 
-    overwrite(root, f"prod/blobs/sha256/{bad[7:]}", original + b"more")  # other size: refused before download
-    with pytest.raises(CorruptBlob, match="expected"):
+    # a bomb: decodes to far more than the index records; refused at the recorded size, nothing kept
+    overwrite(root, encoded_key(bad), encode_bytes(original + bytes(50_000_000), tmp_path))
+    with pytest.raises(CorruptBlob, match="decompresses beyond"):
         pull(f"{root}/support@1.0.0", registry=b.registry, store=b.store)
-    assert list(b.store.digests()) == [] and b.registry.list_artifacts() == []
+    assert list(b.store.digests()) == [] and b.tmp_files() == [] and b.registry.list_artifacts() == []
+    # bigger than any honest encoding of the recorded size: refused before download
+    overwrite(root, encoded_key(bad), os.urandom(2 * len(original)))
+    with pytest.raises(CorruptBlob, match="at most"):
+        pull(f"{root}/support@1.0.0", registry=b.registry, store=b.store)
+    assert list(b.store.digests()) == [] and b.tmp_files() == [] and b.registry.list_artifacts() == []
 
     # republishing the same content repairs the pack: the overwritten object lacks skillforge's metadata
     fixed = publish(["alpha", "beta"], "support@1.0.0", root, registry=a.registry, store=a.store)
@@ -281,7 +376,7 @@ def test_tampered_or_hostile_index_is_refused(machines: Callable[[str], Machine]
     overwrite(root, f"prod/blobs/sha256/{junk_digest[7:]}", junk)
 
     def swap_blob(d: dict) -> None:
-        d["artifacts"][FP_A][0].update(digest=junk_digest, size=len(junk))
+        d["artifacts"][FP_A][0].update(digest=junk_digest, size=len(junk), encoding="none")
 
     forge(swap_blob, "2.0.3")
     with pytest.raises(CorruptBlob, match="not a safetensors file|header"):
@@ -294,7 +389,7 @@ def test_tampered_or_hostile_index_is_refused(machines: Callable[[str], Machine]
     overwrite(root, f"prod/blobs/sha256/{other_digest[7:]}", data)
 
     def mislabel(d: dict) -> None:
-        d["artifacts"][FP_A][0].update(digest=other_digest, size=len(data))
+        d["artifacts"][FP_A][0].update(digest=other_digest, size=len(data), encoding="none")
 
     forge(mislabel, "2.0.4")
     with pytest.raises(PackError, match="is an artifact of beta@1.0.0"):

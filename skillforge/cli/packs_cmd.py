@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         if result.created:
             text = (f"published {result.ref}: {len(result.skills)} skills, {result.artifacts} artifacts "
                     f"({_mb(result.bytes)}); uploaded {result.uploaded} blobs, {_mb(result.uploaded_bytes)} "
-                    f"in {result.seconds:.1f}s ({rate:.1f} MB/s)\nindex {result.index_digest}")
+                    f"as {_mb(result.sent_bytes)} in {result.seconds:.1f}s ({rate:.1f} MB/s)\nindex {result.index_digest}")
         else:
             text = f"{result.ref} is already published with this content (index {result.index_digest}); nothing to do"
             if result.uploaded:
@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
         rate = result.downloaded_bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
         text = (f"pulled {result.ref}: {result.artifacts} artifacts ({_mb(result.bytes)}) for "
                 f"{len(result.fingerprints)} model(s); downloaded {len(result.downloaded)} "
-                f"({_mb(result.downloaded_bytes)} at {rate:.1f} MB/s), {result.skipped} already here, "
+                f"({_mb(result.downloaded_bytes)} as {_mb(result.received_bytes)}, {rate:.1f} MB/s), "
+                f"{result.skipped} already here, "
                 f"{result.recorded} newly indexed")
         emit(result.to_dict(), as_json, text)
 

@@ -2,21 +2,30 @@
 
 Layout under `s3://bucket/prefix`:
 
-    blobs/sha256/<hex>                  artifact blobs (the S3Store layout, so SKILLFORGE_STORE can share it)
+    blobs/sha256/<hex>                  plain artifact blobs (the S3Store layout: SKILLFORGE_STORE can share it)
+    blobs/zstd-planes/sha256/<hex>      the same blobs encoded (codec.py), named by their plain digest
     packs/<name>/<version>/<hex>.json   the pack's index document, content-addressed by its sha256
     packs/<name>/<version>.json         the tag: names the index digest; its existence publishes the version
 
 Every read is bounded (tag and index have size limits, checked before the body is read) and checked
-(the index must hash to the digest the tag names, and describe the version it is stored under).
+(the index must hash to the digest the tag names, and describe the version it is stored under). Blobs
+are sized before they are downloaded (exactly for plain ones, by zstd's worst case for encoded ones),
+staged inside the data home, decoded without ever writing more than the index records, and hashed;
+the caller gets a file whose bytes are the blob the index names, or an error and no file.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from pathlib import Path
 
-from skillforge.errors import BadReference, PackError
-from skillforge.packs.index import MAX_INDEX_BYTES, MAX_TAG_BYTES, PackIndex, Tag, sha
+from skillforge.errors import BadReference, CorruptBlob, PackError
+from skillforge.packs import codec
+from skillforge.packs.index import MAX_INDEX_BYTES, MAX_TAG_BYTES, PLAIN, PackEntry, PackIndex, Tag, sha
 from skillforge.refs import digest_hex
+from skillforge.store import BlobStore
+from skillforge.store.crashpoint import crash_point
 from skillforge.store.s3 import ObjectTooLarge, S3Store
 
 TAG_KEY_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,63})/([^/]+)\.json$")
@@ -74,3 +83,79 @@ def read_index(remote: S3Store, name: str, version: str, tag: Tag) -> tuple[Pack
     if (index.name, index.version) != (name, version):
         raise PackError(f"{where}: the index describes {index.ref}; refusing the pack")
     return index, raw
+
+
+# -- blobs -----------------------------------------------------------------------------------------
+
+def blob_key(remote: S3Store, entry: PackEntry) -> str:
+    """Where `entry`'s blob lives: the plain S3Store key, or under its encoding, by its plain digest."""
+    if entry.encoding == PLAIN:
+        return remote.blob_key(entry.digest)
+    return remote.key("blobs", entry.encoding, "sha256", digest_hex(entry.digest))
+
+
+def blob_intact(remote: S3Store, entry: PackEntry) -> bool:
+    """True if the bucket holds `entry`'s blob as skillforge wrote it (HEAD only: size and metadata).
+
+    Anything else counts as missing and is uploaded again, which repairs an overwritten object;
+    readers still verify every byte they get.
+    """
+    head = remote.head(blob_key(remote, entry))
+    if entry.encoding == PLAIN:
+        return remote.intact(head, entry.digest, entry.size)
+    if head is None or int(head.get("ContentLength", -1)) > codec.max_encoded_size(entry.size):
+        return False
+    meta = head.get("Metadata") or {}
+    return (meta.get("sha256"), meta.get("encoding"), meta.get("size")) == \
+        (digest_hex(entry.digest), entry.encoding, str(entry.size))
+
+
+def upload_blob(remote: S3Store, store: BlobStore, entry: PackEntry, on_bytes: Callable[[int], None]) -> int:
+    """Upload `entry`'s blob from `store`, encoded as the entry says; the bytes sent.
+
+    `on_bytes` is told progress in plain bytes (an encoded upload's progress is scaled to them).
+    """
+    path = store.local_path(entry.digest)
+    if path.stat().st_size != entry.size:
+        raise CorruptBlob(f"blob {entry.digest} in {store.url} is {path.stat().st_size} bytes, the index says "
+                          f"{entry.size}; run `skillforge verify` and recompile")
+    metadata = {"sha256": digest_hex(entry.digest)}
+    if entry.encoding == PLAIN:
+        remote.upload_file(path, blob_key(remote, entry), callback=on_bytes, extra={"Metadata": metadata})
+        return entry.size
+    with store.staging(f".{entry.encoding}") as encoded:
+        width, head = codec.plane_layout(path)
+        sent = codec.encode(path, encoded, width, head)
+        scale = entry.size / sent
+        remote.upload_file(encoded, blob_key(remote, entry), callback=lambda n: on_bytes(round(n * scale)),
+                           extra={"Metadata": {**metadata, "encoding": entry.encoding, "size": str(entry.size)}})
+    return sent
+
+
+def download_blob(remote: S3Store, store: BlobStore, entry: PackEntry, dest: Path, where: str,
+                  on_bytes: Callable[[int], None]) -> int:
+    """Download `entry`'s blob into the staging file `dest`, decoded and verified; the bytes received.
+
+    CorruptBlob if the object has an impossible size, does not decode, or is not the blob the index
+    names; `dest` then holds unverified bytes for the caller's staging context to remove.
+    """
+    if entry.encoding == PLAIN:
+        remote.fetch(entry.digest, dest, size=entry.size, callback=_crashing(on_bytes))
+        return entry.size
+    with store.staging(f".{entry.encoding}.part") as part:
+        received = remote.download(blob_key(remote, entry), part, max_size=codec.max_encoded_size(entry.size),
+                                   callback=_crashing(on_bytes))
+        actual = codec.decode(part, dest, entry.size, f"{where}: blob {entry.digest}")
+    if actual != entry.digest:
+        raise CorruptBlob(f"{where}: blob {entry.digest} is corrupt: the object decodes to bytes that hash to {actual}; "
+                          "it was not kept. The object in the bucket was tampered with or damaged; republish it")
+    return received
+
+
+def _crashing(on_bytes: Callable[[int], None]) -> Callable[[int], None]:
+    """`on_bytes`, plus the crash-test hook "pull:download" once bytes have arrived (see crashpoint)."""
+    def callback(n: int) -> None:
+        on_bytes(n)
+        crash_point("pull:download")
+
+    return callback

@@ -6,6 +6,10 @@ is a trust boundary, so parsing here is strict: size limits, exact key sets, nam
 fingerprints and manifests validated, manifests checked against their text digests. Writing is
 canonical (sorted, no timestamps; the publish time lives in the tag), so the same pack content always
 gives the same index digest, which is what "same content" means for an immutable version.
+
+Format 2 adds one key per artifact, `encoding`: how its blob travels on the bucket ("zstd-planes",
+see codec.py, or "none"). Format 1 indexes, whose blobs are all plain, are still read; a reader that
+only knows format 1 refuses format 2 with "a newer skillforge may be needed" rather than misreading it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,17 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from skillforge.errors import BadReference, ManifestError, PackError, SkillforgeError
 from skillforge.refs import DIGEST_RE, check_name, check_version, version_key
 
-INDEX_FORMAT = "skillforge.pack/1"
+INDEX_FORMAT = "skillforge.pack/2"  # what this skillforge writes
+INDEX_FORMAT_V1 = "skillforge.pack/1"  # still read: every blob plain, no `encoding` key
+PLAIN = "none"
+ZSTD_PLANES = "zstd-planes"
+ENCODINGS = (PLAIN, ZSTD_PLANES)
 TAG_FORMAT = "skillforge.pack-tag/1"
 MAX_TAG_BYTES = 64 * 1024
 MAX_INDEX_BYTES = 16 * 1024 * 1024
@@ -56,6 +64,7 @@ class PackEntry:
     anchor_digest: str
     tokens: int
     dtype: str
+    encoding: str = PLAIN  # how the blob is stored on the bucket; its digest and size are of the plain bytes
 
 
 @dataclass(frozen=True)
@@ -82,6 +91,16 @@ class PackIndex:
             if (s.name, s.version) == (name, version):
                 return s
         raise KeyError((name, version))
+
+    def same_content(self, other: PackIndex) -> bool:
+        """True if both describe the same skills and blobs, however the blobs travel (`encoding`): a
+        republish of a version first published plain (format 1) is the same content, not a conflict."""
+        def content(index: PackIndex) -> tuple:
+            skills = sorted(index.skills, key=lambda s: (s.name, s.version))
+            blobs = sorted((replace(a, encoding=PLAIN) for a in index.artifacts), key=lambda a: a.digest)
+            return index.name, index.version, skills, blobs
+
+        return content(self) == content(other)
 
     def to_dict(self) -> dict[str, Any]:
         by_fp: dict[str, list[dict[str, Any]]] = {}
@@ -112,7 +131,7 @@ class PackIndex:
             raise bad(f"not JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise bad("not a JSON object")
-        if doc.get("format") != INDEX_FORMAT:
+        if doc.get("format") not in (INDEX_FORMAT, INDEX_FORMAT_V1):
             raise bad(f"unknown format {doc.get('format')!r} (expected {INDEX_FORMAT}; a newer skillforge may be needed)")
         if set(doc) != {"format", "name", "version", "skills", "artifacts"}:
             raise bad(f"unexpected keys {sorted(set(doc) ^ {'format', 'name', 'version', 'skills', 'artifacts'})}")
@@ -120,7 +139,7 @@ class PackIndex:
             name = check_name(_str(doc["name"], "name"))
             version = check_version(_str(doc["version"], "version"))
             skills = _parse_skills(doc["skills"], source)
-            artifacts = _parse_artifacts(doc["artifacts"], skills)
+            artifacts = _parse_artifacts(doc["artifacts"], skills, encoded=doc["format"] == INDEX_FORMAT)
         except (BadReference, ValueError, TypeError) as exc:
             raise bad(str(exc)) from None
         return cls(name, version, tuple(skills.values()), tuple(artifacts))
@@ -178,10 +197,10 @@ def _parse_skills(raw: Any, source: str) -> dict[tuple[str, str], PackSkill]:
     return skills
 
 
-def _parse_artifacts(raw: Any, skills: dict[tuple[str, str], PackSkill]) -> list[PackEntry]:
+def _parse_artifacts(raw: Any, skills: dict[tuple[str, str], PackSkill], encoded: bool) -> list[PackEntry]:
     if not isinstance(raw, dict) or not raw:
         raise ValueError("artifacts must be a non-empty object keyed by model fingerprint")
-    keys = ("skill", "version", "digest", "size", "anchor_digest", "tokens", "dtype")
+    keys = ("skill", "version", "digest", "size", "anchor_digest", "tokens", "dtype") + (("encoding",) if encoded else ())
     entries: list[PackEntry] = []
     digests: set[str] = set()
     identities: set[tuple[str, str, str, str]] = set()
@@ -206,6 +225,10 @@ def _parse_artifacts(raw: Any, skills: dict[tuple[str, str], PackSkill]) -> list
             dtype = _str(item["dtype"], "dtype")
             if not DTYPE_RE.match(dtype):
                 raise ValueError(f"invalid dtype {dtype[:40]!r}")
+            encoding = item["encoding"] if encoded else PLAIN
+            if encoding not in ENCODINGS:
+                raise ValueError(f"unknown blob encoding {str(encoding)[:40]!r} (known: {', '.join(ENCODINGS)}; a newer "
+                                 "skillforge may be needed)")
             if digest in digests:
                 raise ValueError(f"blob {digest} is listed twice")
             identity = (skill, version, fp, anchor)
@@ -213,7 +236,7 @@ def _parse_artifacts(raw: Any, skills: dict[tuple[str, str], PackSkill]) -> list
                 raise ValueError(f"two artifacts of {skill}@{version} for fingerprint {fp} and anchor {anchor}")
             digests.add(digest)
             identities.add(identity)
-            entries.append(PackEntry(skill, version, fp, digest, size, anchor, tokens, dtype))
+            entries.append(PackEntry(skill, version, fp, digest, size, anchor, tokens, dtype, encoding))
             if len(entries) > MAX_ENTRIES:
                 raise ValueError(f"more than {MAX_ENTRIES} artifacts")
     return entries

@@ -1,7 +1,9 @@
 """Publishing: compiled skills of this home -> an immutable pack version in a bucket.
 
 Publishing uploads missing blobs first (HEAD each; a blob of the wrong size or without skillforge's
-sha256 metadata counts as missing, so republishing repairs an overwritten one), then the index, and
+sha256 metadata counts as missing, so republishing repairs an overwritten one), zstd-planes encoded
+(codec.py; the index records each blob's encoding, digest and size stay those of the plain bytes,
+and a version first published plain keeps its plain blobs when republished), then the index, and
 writes the tag last with a conditional put (`If-None-Match: *`). A reader that sees a tag therefore
 finds everything it names, and of two racing publishers exactly one creates the tag; the other gets
 PackError and removes its own index. The endpoint is probed once per process to make sure it honours
@@ -20,11 +22,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from skillforge.errors import CorruptBlob, NotFound, PackError, SkillforgeError
-from skillforge.packs.bucket import index_key, open_remote, read_tag, tag_key
+from skillforge.errors import NotFound, PackError, SkillforgeError
+from skillforge.packs.bucket import blob_intact, index_key, open_remote, read_index, read_tag, tag_key, upload_blob
 from skillforge.packs.home import opened, progress_bar
-from skillforge.packs.index import MAX_TEXT_CHARS, PackEntry, PackIndex, PackSkill, Tag, parse_pack_spec, sha
-from skillforge.refs import SkillRef, check_name, check_version, digest_hex, version_key
+from skillforge.packs.index import (MAX_TEXT_CHARS, ZSTD_PLANES, PackEntry, PackIndex, PackSkill, Tag, parse_pack_spec,
+                                    sha)
+from skillforge.refs import SkillRef, check_name, check_version, version_key
 from skillforge.registry import Registry
 from skillforge.registry.packs import PackArtifactRow, record_pack, skill_version
 from skillforge.store import BlobStore
@@ -46,7 +49,8 @@ class PublishResult:
     artifacts: int
     bytes: int
     uploaded: int
-    uploaded_bytes: int
+    uploaded_bytes: int  # the uploaded blobs' own (plain) bytes
+    sent_bytes: int  # what went over the wire: the uploaded blobs as encoded on the bucket
     created: bool
     seconds: float
 
@@ -112,7 +116,7 @@ def build_index(registry: Registry, name: str, version: str, skills: Sequence[st
     for r in rows.values():
         meta = r.meta  # the blob's own metadata (rows from old index versions may lack a dtype)
         entries.append(PackEntry(r.name, r.version, r.fingerprint, r.digest, r.bytes, meta.anchor_digest, meta.tokens,
-                                 meta.dtype))
+                                 meta.dtype, ZSTD_PLANES))
     index = PackIndex(check_name(name), check_version(version), tuple(pack_skills), tuple(entries))
     # Whatever we publish must be pullable: run the reader's checks on it now.
     PackIndex.parse(index.to_bytes(), f"{name}@{version}")
@@ -144,27 +148,21 @@ def publish(skills: Sequence[str], pack: str, to: str, *, registry: Registry | N
         remote.check_bucket()
         existing = read_tag(remote, name, version)
         if existing is not None and existing.index != index_digest:
-            raise PackError(f"{ref} is already published with other content (index {existing.index}; yours is "
-                            f"{index_digest}); published pack versions are immutable: publish a new version")
+            theirs, raw = read_index(remote, name, version, existing)
+            if not theirs.same_content(index):
+                raise PackError(f"{ref} is already published with other content (index {existing.index}; yours is "
+                                f"{index_digest}); published pack versions are immutable: publish a new version")
+            index, data, index_digest = theirs, raw, existing.index  # same content, stored as it was first published
         if existing is None and not remote.supports_conditional_writes():
             raise PackError(f"the S3 endpoint of {remote.url} ignores conditional writes (If-None-Match), so two "
                             "publishers could overwrite each other's version; refusing to publish there")
 
         # 1. blobs the bucket lacks (HEAD first), 2. the index, 3. the tag.
-        missing = []
-        for entry in index.artifacts:
-            if not remote.intact(remote.head(remote.blob_key(entry.digest)), entry.digest, entry.size):
-                missing.append(entry)
-        uploaded_bytes = 0
+        missing = [entry for entry in index.artifacts if not blob_intact(remote, entry)]
+        sent_bytes = 0
         with progress_bar(sum(e.size for e in missing), f"publish {name}@{version}", progress) as bar:
             for entry in missing:
-                path = store.local_path(entry.digest)
-                if path.stat().st_size != entry.size:
-                    raise CorruptBlob(f"blob {entry.digest} in {store.url} is {path.stat().st_size} bytes, the index "
-                                      f"says {entry.size}; run `skillforge verify` and recompile")
-                remote.upload_file(path, remote.blob_key(entry.digest), callback=bar.update,
-                                   extra={"Metadata": {"sha256": digest_hex(entry.digest)}})
-                uploaded_bytes += entry.size
+                sent_bytes += upload_blob(remote, store, entry, bar.update)
         key = index_key(remote, name, version, index_digest)
         head = remote.head(key)
         if head is None or int(head["ContentLength"]) != len(data):
@@ -196,6 +194,7 @@ def publish(skills: Sequence[str], pack: str, to: str, *, registry: Registry | N
         return PublishResult(
             ref=ref, name=name, version=version, index_digest=index_digest,
             skills=[s.ref for s in index.skills], fingerprints=index.fingerprints, artifacts=len(index.artifacts),
-            bytes=index.bytes, uploaded=len(missing), uploaded_bytes=uploaded_bytes, created=created,
+            bytes=index.bytes, uploaded=len(missing), uploaded_bytes=sum(e.size for e in missing),
+            sent_bytes=sent_bytes, created=created,
             seconds=time.monotonic() - started,
         )

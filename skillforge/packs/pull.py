@@ -1,6 +1,7 @@
 """Pulling: a pack version from a bucket -> this home's store and index, verified, resumable.
 
-A pack from a bucket is data, never code: every blob is size-checked before and hashed after download,
+A pack from a bucket is data, never code: every blob is size-checked before and hashed after download
+(after decoding, for encoded blobs, which never decode to more than the size the index records),
 its safetensors header validated by `artifact.read_header` (the one parser of artifact headers) and
 matched against the index, all in a staging file inside the data home before it becomes a blob. A
 tampered pack is refused (CorruptBlob / PackError) and what this pull fetched is dropped. Pulls are
@@ -21,13 +22,14 @@ from typing import Any
 
 from skillforge.artifact import ArtifactMeta, read_header
 from skillforge.errors import CorruptBlob, ManifestError, NotFound, PackError
-from skillforge.packs.bucket import open_remote, read_index, read_tag
+from skillforge.packs.bucket import download_blob, open_remote, read_index, read_tag
 from skillforge.packs.home import opened, progress_bar
 from skillforge.packs.index import PackEntry, PackSkill
 from skillforge.refs import PackRef
 from skillforge.registry import Registry
 from skillforge.registry.packs import PackArtifactRow, check_pack_unchanged, record_pack, skill_version
 from skillforge.store import BlobStore
+from skillforge.store.crashpoint import crash_point
 from skillforge.store.s3 import S3Store
 
 
@@ -41,7 +43,8 @@ class PullResult:
     artifacts: int
     bytes: int
     downloaded: list[str]
-    downloaded_bytes: int
+    downloaded_bytes: int  # the downloaded blobs' own (plain) bytes
+    received_bytes: int  # what came over the wire: the downloaded blobs as encoded on the bucket
     skipped: int
     recorded: int
     seconds: float
@@ -94,6 +97,7 @@ def pull(ref: str, *, fingerprint: str | None = None, registry: Registry | None 
     where = f"{remote.url}/{name}@{version}"
     with ExitStack() as stack:
         registry, store = opened(stack, registry, store)
+        store.clean_staging()  # what killed pulls left behind, old enough that no running pull owns it
         tag = read_tag(remote, name, version)
         if tag is None:
             remote.check_bucket()
@@ -129,15 +133,19 @@ def pull(ref: str, *, fingerprint: str | None = None, registry: Registry | None 
                     on_blob(entry.digest)
 
         downloaded: list[str] = []
-        store.clean_staging()  # what killed pulls left behind, once no running pull can own it
+        received = 0
         try:
             with progress_bar(sum(e.size for e in todo), f"pull {name}@{version}", progress) as bar:
                 for entry in todo:
+                    # digest first (download_blob), then the header, then agreement with the index;
+                    # only then does the staged file become a blob
                     with store.staging(".part") as tmp:
-                        remote.fetch(entry.digest, tmp, size=entry.size, callback=bar.update)
+                        received += download_blob(remote, store, entry, tmp, where, bar.update)
+                        crash_point("pull:verified")
                         meta, _ = read_header(tmp, source=f"{where}: blob {entry.digest}")
                         _check_meta(meta, entry, index.skill(entry.skill, entry.version), where)
                         store.put_staged(tmp, entry.digest)
+                    crash_point("pull:installed")
                     downloaded.append(entry.digest)
                     metas[entry.digest] = meta
                     if on_blob is not None:
@@ -164,6 +172,7 @@ def pull(ref: str, *, fingerprint: str | None = None, registry: Registry | None 
             ref=where, name=name, version=version, index_digest=tag.index,
             fingerprints=sorted({e.fingerprint for e in entries}), artifacts=len(entries),
             bytes=sum(e.size for e in entries), downloaded=downloaded,
-            downloaded_bytes=sum(e.size for e in todo if e.digest in set(downloaded)), skipped=skipped,
+            downloaded_bytes=sum(e.size for e in todo if e.digest in set(downloaded)), received_bytes=received,
+            skipped=skipped,
             recorded=recorded, seconds=time.monotonic() - started,
         )
