@@ -1,0 +1,111 @@
+"""One token at a time: the server's decoding, so a request can stream, sample and be interleaved with
+others (Runtime.generate decodes a whole answer greedily in one call).
+
+Each step mirrors runtime/decode.py's greedy generation exactly (the same forward through
+model/forward.py, the same positions, the same guided arithmetic for contrast edits), so a greedy
+request's tokens equal the Python API's. The runtime steps its streams inside a closure of its own
+generate(); `Decoder.advance` is that step as an object the scheduler can call once per round, and
+belongs in runtime/decode.py once the runtime offers one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from skillforge.model.forward import run
+from skillforge.runtime.decode import guided
+
+
+@dataclass
+class Stream:
+    """One cache being decoded: its prompt length (the first new token's position) and its weight in
+    the guided sum (1 for the request's own cache; contrast edits add guide streams, runtime/edits.py)."""
+
+    cache: Any
+    prompt_len: int
+    weight: float = 1.0
+
+
+class Sampler:
+    """Temperature 0 is greedy (argmax, as Runtime.generate); above it, nucleus sampling with a
+    generator of the request's own, so a seed reproduces an answer whatever else the server runs."""
+
+    def __init__(self, temperature: float, top_p: float, seed: int | None, device: torch.device):
+        self.temperature = temperature
+        self.top_p = top_p
+        self.generator: torch.Generator | None = None
+        if temperature > 0:
+            self.generator = torch.Generator(device=device)
+            if seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        if self.generator is None:
+            return int(logits.argmax())
+        probs = torch.softmax(logits.float() / self.temperature, -1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # the smallest set whose mass reaches top_p
+            probs = torch.zeros_like(probs).scatter_(-1, order[keep], sorted_p[keep])
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+class Decoder:
+    """Steps a request's streams one token at a time. `logits` holds the next token's distribution."""
+
+    def __init__(self, model: Any, streams: list[Stream], first: torch.Tensor):
+        """`first`: the distribution after the prompt (Runtime.next_logits, guides already applied)."""
+        self.model = model
+        self.streams = streams
+        self.logits = first
+        self.step = 0
+
+    def advance(self, token: int) -> None:
+        """Feed `token` to every stream; `logits` becomes the distribution of the token after it."""
+        device = self.model.device
+        ids = torch.tensor([[token]], device=device)
+        outs = [run(self.model, ids, cache=s.cache, positions=torch.tensor([[s.prompt_len + self.step]], device=device))
+                for s in self.streams]
+        self.step += 1
+        self.logits = guided(outs[0], [(x, s.weight) for x, s in zip(outs[1:], self.streams[1:])])
+
+
+class StopText:
+    """Token ids -> text deltas safe to send: text that may still become a stop string, or an
+    incomplete UTF-8 character, is held back. The stop string itself is never sent (as OpenAI)."""
+
+    def __init__(self, tokenizer: Any, stops: list[str]):
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.ids: list[int] = []
+        self.sent = 0
+        self.text = ""
+        self.stopped = False
+
+    def add(self, token: int) -> str:
+        """The new text that `token` makes safe to send; sets `stopped` when a stop string appeared."""
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        hits = [i for i in (self.text.find(s, max(0, self.sent - len(s) + 1)) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            return self._send(min(hits))
+        hold = int(self.text.endswith("\ufffd"))  # a character whose bytes are not all decoded yet
+        for s in self.stops:  # the longest tail that a stop string may still complete
+            hold = max([hold, *(k for k in range(1, len(s)) if self.text.endswith(s[:k]))])
+        return self._send(len(self.text) - hold)
+
+    def flush(self) -> str:
+        """What is held back, once the answer is over without a stop string."""
+        return self._send(len(self.text))
+
+    def _send(self, upto: int) -> str:
+        if upto <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent : upto], upto
+        return out
