@@ -15,13 +15,13 @@ import sys
 
 import typer
 
-from skillforge.cli import bench_cmd, compile_cmd, eval_cmd, model_cmd, packs_cmd, registry_cmd, splice_cmd
+from skillforge.cli import bench_cmd, compile_cmd, eval_cmd, model_cmd, packs_cmd, registry_cmd, serve_cmd, splice_cmd
 from skillforge.errors import SkillforgeError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Compile reused prompt segments into KV artifacts once; splice them into any context.")
 app.add_typer(model_cmd.app, name="model")
-for group in (compile_cmd, registry_cmd, splice_cmd, eval_cmd, bench_cmd, packs_cmd):
+for group in (compile_cmd, registry_cmd, splice_cmd, eval_cmd, bench_cmd, packs_cmd, serve_cmd):
     group.register(app)
 
 
