@@ -1,9 +1,20 @@
-"""Where things live: the data home and its overrides, read from the environment once per call.
+"""Every setting skillforge reads from the environment, read at call time (never at import), so a test
+or a long-lived process that changes one sees the change.
 
-SKILLFORGE_HOME     data home (default: the per-user data dir), holding index.sqlite, blobs/, models/
-SKILLFORGE_DB_URL   the index, any SQLAlchemy URL (default: sqlite:///<home>/index.sqlite)
-SKILLFORGE_STORE    the blob store, file://PATH or s3://bucket/prefix (default: file://<home>)
-SKILLFORGE_MODELS   converted models (default: <home>/models); lets many homes share one model copy
+Where things live:
+  SKILLFORGE_HOME              data home (default: the per-user data dir), holding index.sqlite, blobs/, models/
+  SKILLFORGE_DB_URL            the index, any SQLAlchemy URL (default: sqlite:///<home>/index.sqlite)
+  SKILLFORGE_STORE             the blob store, file://PATH or s3://bucket/prefix (default: file://<home>)
+  SKILLFORGE_MODELS            converted models (default: <home>/models); lets many homes share one model copy
+Runtime memory (bytes; defaults of Runtime(hot_bytes=..., pool_bytes=...)):
+  SKILLFORGE_HOT_CACHE_BYTES   loaded artifacts kept in memory, LRU (default 2 GiB)
+  SKILLFORGE_CACHE_POOL_BYTES  released splice caches kept for the next splice (default 1 GiB)
+Read elsewhere, by the code they concern:
+  TRANSFORMERS_SDPA_FORCE_GQA  transformers' own switch; skillforge.model.forward sets it to 1 at the
+                               first forward unless it is already set (SDPA over the KV heads, no copy)
+  AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
+  AWS_PROFILE                  the S3 store's endpoint and credentials, boto3's usual chain (store/s3.py)
+  SKILLFORGE_CRASH_AT          a test hook: die at a named step, as kill -9 would (store/crashpoint.py)
 """
 
 from __future__ import annotations
@@ -12,6 +23,11 @@ import os
 from pathlib import Path
 
 import platformdirs
+
+from skillforge.errors import BadInput
+
+HOT_CACHE_BYTES = 2 << 30
+CACHE_POOL_BYTES = 1 << 30
 
 
 def home() -> Path:
@@ -33,3 +49,26 @@ def models_dir() -> Path:
     path = Path(os.environ["SKILLFORGE_MODELS"]) if os.environ.get("SKILLFORGE_MODELS") else home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def hot_cache_bytes() -> int:
+    """Bytes of loaded artifacts a Runtime keeps in memory (SKILLFORGE_HOT_CACHE_BYTES)."""
+    return _bytes("SKILLFORGE_HOT_CACHE_BYTES", HOT_CACHE_BYTES)
+
+
+def cache_pool_bytes() -> int:
+    """Bytes of released splice caches a Runtime keeps for reuse (SKILLFORGE_CACHE_POOL_BYTES)."""
+    return _bytes("SKILLFORGE_CACHE_POOL_BYTES", CACHE_POOL_BYTES)
+
+
+def _bytes(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise BadInput(f"{name}={raw!r} is not a byte count; set it to a whole number of bytes (0 keeps nothing) or unset it")
+    return value

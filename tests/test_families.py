@@ -24,8 +24,7 @@ from skillforge.errors import UnsupportedModel
 from skillforge.manifest import Manifest
 from skillforge.model.forward import prefill
 from skillforge.rope import rope_spec
-from skillforge.runtime.repair import Repair
-from skillforge.runtime.splice import Context, Resolved, Runtime
+from skillforge.runtime import Context, Repair, Resolved, Runtime
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 
@@ -395,5 +394,5 @@ def test_blend_picks_only_tokens_that_deviate(tok):
     spliced = stale.cache.layers[layer].keys[0]
     deviates = {p for p in positions if float((fresh_keys[:, p] - spliced[:, p]).abs().max()) > 1e-4}
     assert 0 < len(deviates) < len(positions) / 2  # the window leaves most of b exact
-    chosen = _deviating(rt, layer, stale.prompt, positions, stale.cache, budget=8)
+    chosen = _deviating(lm.model, layer, stale.prompt, positions, stale.cache, budget=8)
     assert len(chosen) == 8 and set(chosen) <= deviates

@@ -1,6 +1,10 @@
-"""Splice: assemble caches from artifacts, repair seams, apply field edits, generate."""
+"""Splice: assemble caches from artifacts, repair seams, apply field edits, generate.
 
+The public surface is here; runtime/facade.py holds the Runtime that ties the parts together.
+"""
+
+from skillforge.runtime.facade import Context, Runtime
 from skillforge.runtime.repair import Repair
-from skillforge.runtime.splice import Context, Resolved, Runtime, SpliceResult
+from skillforge.runtime.splice import Resolved, SpliceResult
 
 __all__ = ["Context", "Repair", "Resolved", "Runtime", "SpliceResult"]

@@ -24,15 +24,17 @@ changing a field twice never stacks history (A -> B -> A is just A, with no erra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from skillforge.errors import EditError
-from skillforge.manifest import Manifest, validate_value
+from skillforge.artifact import FieldSpan
+from skillforge.errors import ContextTooLong, EditError
+from skillforge.manifest import Manifest, Rendered, validate_value
+from skillforge.model.forward import prefill
+from skillforge.model.loader import LoadedModel
+from skillforge.prompt import Prompt, char_spans_to_tokens, tokenize_with_offsets
 from skillforge.refs import parse_field_assignment
-
-if TYPE_CHECKING:
-    from skillforge.runtime.splice import Resolved
+from skillforge.runtime.splice import Resolved
 
 MODES = ("auto", "field+erratum", "erratum", "in-place", "recompute", "contrast")
 NULL_ERRATUM = "null-erratum"  # contrast's internal splice: the skill as compiled, an erratum stating its compiled value
@@ -56,7 +58,7 @@ def check_erratum_template(template: str) -> str:
 
 @dataclass
 class EditPlan:
-    skills: list["Resolved"]
+    skills: list[Resolved]
     texts: list[str]
     errata: list[str] = field(default_factory=list)
     report: list[dict] = field(default_factory=list)
@@ -71,12 +73,9 @@ def group_assignments(assignments: dict[str, str]) -> dict[str, dict[str, str]]:
     return grouped
 
 
-def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, str], mode: str,
+def plan_edits(lm: LoadedModel, resolved: list[Resolved], assignments: dict[str, str], mode: str,
                erratum_template: str = DEFAULT_ERRATUM) -> EditPlan:
     """Texts to place in the prompt, errata to append, and artifacts to use, for the requested edits."""
-    from skillforge.compile import compile_skill
-    from skillforge.runtime.splice import Resolved
-
     if mode not in (*MODES, NULL_ERRATUM):
         raise EditError(f"unknown edit mode {mode!r}; choose one of {', '.join(MODES)}")
     plan = EditPlan(skills=list(resolved), texts=[r.meta.text for r in resolved])
@@ -85,7 +84,7 @@ def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, 
     for skill in grouped:
         if skill not in names:
             raise EditError(f"--set names skill {skill!r}, which is not in this context (skills: {', '.join(names) or 'none'})")
-    tok = runtime.lm.tokenizer
+    tok = lm.tokenizer
     for i, r in enumerate(resolved):
         edits = grouped.get(r.meta.skill)
         if not edits:
@@ -106,8 +105,7 @@ def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, 
         if mode == "in-place":
             _check_same_length(tok, r, changed)
         if mode == "recompute":
-            meta, kv = compile_skill(runtime.lm, manifest, values, anchor=list(r.meta.anchor_ids))
-            plan.skills[i] = Resolved(meta, kv, None)
+            plan.skills[i] = _recompute(lm, r, rendered)
             plan.texts[i] = new_text
         elif mode in ("in-place", "field+erratum", "auto", "contrast"):
             plan.texts[i] = new_text
@@ -125,7 +123,7 @@ def plan_edits(runtime: Any, resolved: list["Resolved"], assignments: dict[str, 
     return plan
 
 
-def count_edit_tokens(plan: EditPlan, prompt: Any, computed: Any) -> list[dict]:
+def count_edit_tokens(plan: EditPlan, prompt: Prompt, computed: Any) -> list[dict]:
     """Fill each report entry's tokens_computed from the prompt positions the splice computed."""
     out = []
     for entry in plan.report:
@@ -143,7 +141,21 @@ def count_edit_tokens(plan: EditPlan, prompt: Any, computed: Any) -> list[dict]:
     return out
 
 
-def _check_same_length(tok: Any, r: "Resolved", changed: dict[str, str]) -> None:
+def _recompute(lm: LoadedModel, r: Resolved, rendered: Rendered) -> Resolved:
+    """The skill re-prefilled with its new values behind its artifact's own anchor (the oracle): what
+    compiling the edited manifest gives, without leaving the runtime."""
+    ids, offsets = tokenize_with_offsets(lm.tokenizer, rendered.text)
+    anchor = list(r.meta.anchor_ids)
+    if len(anchor) + len(ids) > lm.max_positions:
+        raise ContextTooLong(f"skill {r.meta.skill} with the new values is {len(anchor) + len(ids)} tokens with its anchor; "
+                             f"{lm.name} allows {lm.max_positions}")
+    fields = [FieldSpan(name, rendered.values[name], s, e) for name, s, e in char_spans_to_tokens(offsets, rendered.spans)]
+    meta = replace(r.meta, text=rendered.text, text_digest=rendered.digest, field_values=dict(rendered.values),
+                   token_ids=ids, offset=len(anchor), fields=fields)
+    return Resolved(meta, prefill(lm.model, anchor + ids, start=len(anchor)), None)
+
+
+def _check_same_length(tok: Any, r: Resolved, changed: dict[str, str]) -> None:
     for k, v in changed.items():
         old = r.meta.field_values[k]
         n_old = len(tok(" " + old, add_special_tokens=False)["input_ids"])

@@ -93,7 +93,7 @@ def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
     return len(before) - len(anchor)
 
 
-def select_repair(runtime: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any) -> set[int]:
+def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any) -> set[int]:
     """Positions of reused tokens to recompute."""
     chosen: set[int] = set()
     candidates: list[int] = []
@@ -110,16 +110,15 @@ def select_repair(runtime: Any, repair: Repair, prompt: "Prompt", resolved: list
         skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
         budget = min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen, len(candidates))
         if budget >= repair.min_blend:
-            chosen.update(_deviating(runtime, repair.probe_layer, prompt, candidates, cache, int(budget)))
+            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, int(budget)))
     return chosen
 
 
 @torch.no_grad()
-def _deviating(runtime: Any, layer: int, prompt: "Prompt", candidates: list[int], cache: Any, budget: int) -> list[int]:
+def _deviating(model: Any, layer: int, prompt: "Prompt", candidates: list[int], cache: Any, budget: int) -> list[int]:
     """The `budget` candidates that matter most: how far their spliced keys at `layer` are from a fresh
     prefill's, times the attention the user turn pays them there (a deviating token nobody reads costs
     nothing). Measured by a forward of the first layers over the whole prompt."""
-    model = runtime.lm.model
     layer = min(layer, len(cache.layers) - 1)  # shallow models: probe their last layer
     ids = torch.tensor([prompt.ids], device=model.device)
     seen: dict[str, torch.Tensor] = {}
