@@ -26,7 +26,7 @@ from s3server import (aws_env, new_bucket, pg_base_url, pg_database, pg_schema, 
 
 from skillforge.registry import Registry
 from skillforge.registry.models import Base
-from skillforge.registry.registry import alembic_config
+from skillforge.registry.engine import alembic_config
 from skillforge.store import LocalStore
 from skillforge.store import local as local_store
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +25,9 @@ from sqlalchemy import create_engine, func, select, text
 
 from skillforge.artifact import ArtifactMeta, FieldSpan, anchor_digest
 from skillforge.errors import ArtifactMismatch, ManifestError, NotFound
-from skillforge.registry import ArtifactRow, Registry, gc, verify_all
+from skillforge.registry import ArtifactRow, Registry, gc, reindex, verify_all
 from skillforge.registry.models import Base, Field
-from skillforge.registry.registry import alembic_config
+from skillforge.registry.engine import alembic_config
 from skillforge.store import LocalStore
 from skillforge.store import local as local_store
 
@@ -233,14 +235,19 @@ def test_reindex_rebuilds_from_blobs(data_home: Path, store: LocalStore) -> None
 
     with Registry(url) as reg:
         assert reg.list_artifacts() == []
-        assert reg.reindex(store) == {"indexed": 3, "skipped": 2, "removed": 0}
+        report = reindex(reg, store)
+        assert {k: report[k] for k in ("indexed", "skipped", "invalid", "removed")} == \
+            {"indexed": 3, "skipped": 0, "invalid": 2, "removed": 0}
+        assert sorted(p["digest"] for p in report["problems"]) == sorted([junk, broken])
+        assert all(p["error"].startswith("CorruptBlob: ") for p in report["problems"])
         assert reg.list_artifacts() == [r for r in before if r.digest != broken]
         assert reg.find_artifact("greet", FP_A).digest == digests[1]
         assert reg.get_artifact(digests[2]).meta.fields == [FieldSpan("who", "world", 1, 3)]
         with reg.engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(Field)).scalar() == 3
         store.delete(digests[0])
-        assert reg.reindex(store) == {"indexed": 2, "skipped": 2, "removed": 1}
+        assert {k: v for k, v in reindex(reg, store).items() if k != "problems"} == \
+            {"indexed": 2, "skipped": 0, "invalid": 2, "removed": 1}
         assert junk not in reg.referenced_digests()
 
 
@@ -250,8 +257,10 @@ def test_gc_frees_only_unreferenced_blobs(reg: Registry, store: LocalStore) -> N
     stray, stray_size = store.put_bytes(b"stray")
     reg.remove_artifact(dropped)
     dropped_size = store.size(dropped)
-    assert gc(reg, store) == {"removed": 0, "freed_bytes": 0, "kept_recent": 2}  # young blobs are spared
-    assert gc(reg, store, grace_s=0) == {"removed": 2, "freed_bytes": stray_size + dropped_size, "kept_recent": 0}
+    assert gc(reg, store) == {"removed": 0, "freed_bytes": 0, "kept_recent": 2,  # young blobs are spared
+                              "staging_removed": 0, "staging_freed_bytes": 0}
+    assert gc(reg, store, grace_s=0) == {"removed": 2, "freed_bytes": stray_size + dropped_size, "kept_recent": 0,
+                                         "staging_removed": 0, "staging_freed_bytes": 0}
     assert list(store.digests()) == [kept]
     assert store.verify(kept) and not store.has(stray)
 
@@ -297,6 +306,118 @@ def test_concurrent_processes_lose_nothing(data_home: Path) -> None:
         rows = reg.list_artifacts()
         assert len(rows) == workers * count
         assert {r.version for r in rows} == {f"{w}.{i}.0" for w in range(workers) for i in range(count)}
+
+
+def _adder(url: str, home: str, worker: int, barrier: multiprocessing.synchronize.Barrier,
+           results: multiprocessing.Queue) -> None:
+    """One compile of greet@1.0.0 for FP_A: its own bytes (its own compile time), put, then add."""
+    meta = make_meta(created=f"2025-01-01T00:00:{worker:02d}+00:00")
+    reg, store = Registry(url), LocalStore(home)
+    digest, size = store.put_bytes(artifact_bytes(meta))
+    barrier.wait()
+    row, added = reg.add_artifact(meta, digest, size)
+    if row.digest != digest:
+        reg.release(store, digest)  # lost the race: report the winner, leave no blob behind
+    results.put((digest, row.digest, added))
+    reg.close()
+
+
+def test_concurrent_adds_of_one_artifact_have_one_winner(data_home: Path) -> None:
+    data_home.mkdir(parents=True)
+    url = f"sqlite:///{data_home / 'index.sqlite'}"
+    Registry(url).close()
+    ctx = multiprocessing.get_context("spawn")
+    workers = 4
+    barrier, results = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_adder, args=(url, str(data_home), w, barrier, results)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * workers
+    assert len({own for own, _, _ in outcomes}) == workers  # four different blobs were compiled
+    winners = {winner for _, winner, _ in outcomes}
+    assert len(winners) == 1 and sum(added for _, _, added in outcomes) == 1
+    [winner] = winners
+    with Registry(url) as reg:
+        assert [r.digest for r in reg.list_artifacts()] == [winner]
+    assert list(LocalStore(data_home).digests()) == [winner]
+
+
+def test_add_returns_the_row_in_the_index_and_release_keeps_referenced_blobs(reg: Registry, store: LocalStore) -> None:
+    first = make_meta()
+    data = artifact_bytes(first)
+    digest, size = store.put_bytes(data)
+    row, added = reg.add_artifact(first, digest, size)
+    assert added and row == reg.get_artifact(digest)
+    assert reg.add_artifact(first, digest, size) == (row, False)  # the same blob again
+    later = make_meta(created="2025-02-02T00:00:00+00:00")
+    other, other_size = store.put_bytes(artifact_bytes(later))
+    assert reg.add_artifact(later, other, other_size) == (row, False)  # same identity, other bytes: the winner
+    assert reg.release(store, digest) == 0 and store.has(digest)  # indexed: kept
+    assert reg.release(store, other) == other_size and not store.has(other)
+
+
+def test_gc_removes_stale_staging_files_and_keeps_fresh_ones(reg: Registry, store: LocalStore) -> None:
+    with store.staging(".part") as fresh:
+        fresh.write_bytes(b"a download in progress")
+        stale = store.root / "blobs" / "tmp" / "killed.part"
+        stale.write_bytes(b"x" * 1000)
+        old = time.time() - 7200
+        os.utime(stale, (old, old))
+        report = gc(reg, store)
+        assert (report["staging_removed"], report["staging_freed_bytes"]) == (1, 1000)
+        assert fresh.exists() and not stale.exists()
+        assert gc(reg, store, staging_grace_s=0)["staging_removed"] == 1 and not fresh.exists()
+    assert list((store.root / "blobs" / "tmp").iterdir()) == []
+
+
+def test_reindex_skips_malformed_and_hostile_blobs(reg: Registry, store: LocalStore) -> None:
+    """Each blob on its own: whatever one holds, the others are indexed and it is reported."""
+    import json
+    import struct
+
+    good = [store.put_bytes(artifact_bytes(make_meta(version=v, text_=v)))[0] for v in ("1.0.0", "2.0.0")]
+
+    def safetensors(header: object, body: bytes = b"") -> bytes:
+        raw = json.dumps(header).encode()
+        return struct.pack("<Q", len(raw)) + raw + body
+
+    meta = json.loads(make_meta(name="hostile").to_json())
+    hostile = {"num_layers": 10**9, "offset": -1, "token_ids": "many"}
+    bad = [
+        safetensors([]),  # a header that is a list
+        safetensors({"__metadata__": {"skillforge": "{not json"}}),
+        safetensors({"__metadata__": {"skillforge": json.dumps({**meta, "num_layers": 10**9})}}, bytes(64)),
+        safetensors({"__metadata__": {"skillforge": json.dumps({**meta, "num_layers": 1e9})}}),
+        safetensors({"__metadata__": {"skillforge": json.dumps({**meta, **hostile})}}),
+        struct.pack("<Q", 10**12) + b"{}",  # a header longer than the file
+        b"",
+    ]
+    bad_digests = {store.put_bytes(data)[0] for data in bad}
+    report = reindex(reg, store)
+    assert (report["indexed"], report["invalid"], report["removed"]) == (2, len(bad_digests), 0)
+    assert {p["digest"] for p in report["problems"]} == bad_digests
+    assert all(p["error"].startswith("CorruptBlob") for p in report["problems"]), report["problems"]
+    assert reg.artifact_digests() == set(good)
+
+
+def test_bad_database_url_is_bad_input_naming_the_variable(tmp_path: Path) -> None:
+    """Through the installed console script, as users meet it: exit 2, no traceback."""
+    import subprocess
+
+    exe = Path(sys.executable).parent / "skillforge"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLFORGE_")}
+    env["SKILLFORGE_HOME"] = str(tmp_path / "h")
+    for url in ("notaurl", "nosuchdb://x/y", "mssql+pymssql://user:hunter2@localhost/db"):
+        res = subprocess.run([str(exe), "ls"], env={**env, "SKILLFORGE_DB_URL": url}, capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 2, res.stderr
+        assert "SKILLFORGE_DB_URL" in res.stderr and "Traceback" not in res.stderr and "hunter2" not in res.stderr
+    res = subprocess.run([str(exe), "gc"], env={**env, "SKILLFORGE_STORE": "ftp://host/x"}, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 2 and "SKILLFORGE_STORE" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_no_torch_needed() -> None:

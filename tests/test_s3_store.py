@@ -14,7 +14,7 @@ from s3server import FP_A, aws_env, fake_compile, new_bucket, s3_endpoint
 
 from skillforge import config
 from skillforge.errors import BadReference, CorruptBlob, NotFound, StoreError
-from skillforge.registry import Registry, gc, verify_all
+from skillforge.registry import Registry, gc, reindex, verify_all
 from skillforge.store import BlobStore, open_store
 from skillforge.store.s3 import S3Store, parse_s3_url
 
@@ -138,7 +138,7 @@ def test_bucket_as_skillforge_store(bucket: str, monkeypatch: pytest.MonkeyPatch
     for suffix in ("", "-wal", "-shm"):
         (home / f"index.sqlite{suffix}").unlink(missing_ok=True)
     with Registry() as reg:
-        assert reg.reindex(store) == {"indexed": 1, "skipped": 0, "removed": 0}
+        assert reindex(reg, store) == {"indexed": 1, "skipped": 0, "invalid": 0, "removed": 0, "problems": []}
         assert reg.find_artifact("alpha", FP_A).digest == digests[0]
         # packs work from and into a bucket store too (blobs staged through the verified cache)
         from skillforge.packs import publish, pull

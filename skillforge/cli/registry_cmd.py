@@ -63,15 +63,25 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command()
-    def gc(as_json: bool = JsonOpt) -> None:
-        """Remove blobs nothing in the index refers to; say how much was freed."""
+    def gc(grace: float = typer.Option(None, "--grace", min=0,
+                                       help="seconds: keep unreferenced blobs and staging files younger than this "
+                                            "(default: 600 for blobs, 3600 for staging files)"),
+           as_json: bool = JsonOpt) -> None:
+        """Remove blobs nothing in the index refers to, and what killed commands left staged; say how much."""
         from skillforge.registry import gc as collect
 
-        report = collect(open_registry(), open_store())
-        emit(report, as_json, f"removed {report['removed']} blobs, freed {report['freed_bytes'] / 1e6:.1f} MB")
+        grace_kw = {} if grace is None else {"grace_s": grace, "staging_grace_s": grace}
+        report = collect(open_registry(), open_store(), **grace_kw)
+        emit(report, as_json, f"removed {report['removed']} blobs, freed {report['freed_bytes'] / 1e6:.1f} MB; "
+                              f"removed {report['staging_removed']} stale staging files, freed "
+                              f"{report['staging_freed_bytes'] / 1e6:.1f} MB")
 
     @app.command()
     def reindex(as_json: bool = JsonOpt) -> None:
-        """Rebuild the index from the blobs in the store."""
-        report = open_registry().reindex(open_store())
-        emit(report, as_json, ", ".join(f"{k} {v}" for k, v in report.items()))
+        """Rebuild the index from the blobs in the store; blobs that fail validation are reported and skipped."""
+        from skillforge.registry import reindex as rebuild
+
+        report = rebuild(open_registry(), open_store())
+        for problem in report["problems"]:
+            info(f"warning: skipped blob {problem['digest']}: {problem['error']}")
+        emit(report, as_json, ", ".join(f"{k} {v}" for k, v in report.items() if k != "problems"))

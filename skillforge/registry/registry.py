@@ -1,14 +1,13 @@
 """The SQL index over the blob store: which artifact serves `name@version` for a model fingerprint.
 
 Why it is built this way:
-- Opening a Registry brings the database to the Alembic head, so users never run migrations by hand.
-  Two processes opening a blank SQLite home at once must not trip over each other: the upgrade runs
-  under a file lock next to the database and inside a `BEGIN IMMEDIATE` transaction; other backends
-  rely on transactional DDL (plus an advisory lock on PostgreSQL) and retry once.
-- SQLite runs in WAL mode with a 30 s busy timeout, and every write transaction starts with
-  `BEGIN IMMEDIATE`: a deferred transaction that reads first and writes later can fail at once with
-  "database is locked" (SQLITE_BUSY_SNAPSHOT) instead of waiting, which would lose concurrent writes.
-- The index is derived data: `reindex` rebuilds it from blobs, `gc` deletes blobs it does not reference.
+- Opening a Registry brings the database to the Alembic head (engine.py), so users never run
+  migrations by hand; every write is one short transaction (`BEGIN IMMEDIATE` on SQLite).
+- Adding an artifact is a race that exactly one writer wins, per digest and per (name, version,
+  fingerprint, anchor): `add_artifact` returns the winner's row to everyone, and `release` lets a loser
+  drop its own blob at once instead of leaving it to `gc`.
+- The index is derived data: `reindex` rebuilds it from blobs, `gc` deletes blobs it does not
+  reference (maintenance.py).
 """
 
 from __future__ import annotations
@@ -18,31 +17,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from importlib import resources
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, delete, event, select
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, select
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import StaticPool
 
 from skillforge import config as sf_config
-from skillforge.artifact import ArtifactMeta, read_header
+from skillforge.artifact import ArtifactMeta
 from skillforge.errors import ArtifactMismatch, ManifestError, NotFound, SkillforgeError
 from skillforge.refs import check_name, check_version, digest_hex, version_key
+from skillforge.registry.engine import masked, open_engine, upgrade_to_head, writer
 from skillforge.registry.models import Artifact, Field, PackArtifact, Skill, SkillVersion
 
 if TYPE_CHECKING:
     from skillforge.store import BlobStore
-
-_PG_MIGRATION_LOCK = 0x5F6B11F0  # arbitrary constant key for pg_advisory_xact_lock
 
 
 def _now() -> str:
@@ -51,27 +40,6 @@ def _now() -> str:
 
 def _short(fingerprint: str) -> str:
     return fingerprint if len(fingerprint) <= 20 else fingerprint[:20] + "..."
-
-
-def migrations_dir() -> Path:
-    """The Alembic scripts: shipped as `skillforge._migrations`, or the checkout's `migrations/`."""
-    try:
-        path = Path(str(resources.files("skillforge._migrations")))
-        if (path / "env.py").is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "migrations"
-
-
-def alembic_config(connection: Any = None) -> Config:
-    """An Alembic Config built in code (no alembic.ini); `connection` is handed to env.py."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.set_main_option("path_separator", "os")
-    if connection is not None:
-        cfg.attributes["connection"] = connection
-    return cfg
 
 
 @dataclass(frozen=True)
@@ -109,95 +77,19 @@ def _sort_key(row: ArtifactRow) -> tuple:
     return (row.name, version_key(row.version), row.created)
 
 
-def _sqlite_file(url: str) -> Path | None:
-    """The database file of a SQLite URL, or None (other backends, in-memory databases)."""
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite":
-        return None
-    db = u.database
-    if not db or db == ":memory:" or db.startswith("file:") or u.query.get("mode") == "memory":
-        return None
-    return Path(db)
-
-
-@contextmanager
-def _file_lock(path: Path | None) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (POSIX); elsewhere SQLite's own locking has to do."""
-    if path is None:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    try:
-        fh = open(path, "a+b")  # noqa: SIM115 - closed below
-    except OSError:  # a read-only home: nobody can migrate it anyway, SQLite's locks still apply
-        yield
-        return
-    with fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _install_sqlite_hooks(engine: Engine, in_memory: bool) -> None:
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        # We emit BEGIN ourselves (below); pysqlite's implicit BEGIN cannot be made IMMEDIATE.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 30000")
-        if not in_memory:
-            cur.execute("PRAGMA journal_mode = WAL")
-            # WAL + NORMAL cannot corrupt the database; a power cut may lose the last commits, which
-            # `skillforge reindex` recovers from the blobs. FULL made every record wait for an fsync.
-            cur.execute("PRAGMA synchronous = NORMAL")
-        cur.execute("PRAGMA foreign_keys = ON")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "")
-        conn.exec_driver_sql(f"BEGIN {mode}".strip())
-
-
-def _known_revision(scripts: ScriptDirectory, rev: str) -> bool:
-    try:
-        return scripts.get_revision(rev) is not None
-    except CommandError:
-        return False
-
-
 class Registry:
     """The index. Opening it migrates the database to head; see the module docstring for concurrency."""
 
     def __init__(self, url: str | None = None) -> None:
         self.url = url or sf_config.db_url()
-        self._db_file = _sqlite_file(self.url)
-        sqlite = make_url(self.url).get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {}
-        if sqlite and self._db_file is None:
-            kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
-        elif self._db_file is not None:
-            try:
-                self._db_file.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SkillforgeError(f"cannot create the folder for the index {self.url}: {exc}") from exc
-            kwargs = {"connect_args": {"timeout": 30}}
-        self.engine: Engine = create_engine(self.url, **kwargs)
-        if sqlite:
-            _install_sqlite_hooks(self.engine, in_memory=self._db_file is None)
-        self._writer = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+        self.engine, db_file = open_engine(self.url)
+        self._writer = writer(self.engine)
         try:
-            self._upgrade()
+            upgrade_to_head(self.engine, self.url, db_file)
         except DBAPIError as exc:
             self.engine.dispose()
             raise SkillforgeError(
-                f"cannot open the index {self.url}: {exc.orig}; check the path, permissions and that no other "
+                f"cannot open the index {masked(self.url)}: {exc.orig}; check the path, permissions and that no other "
                 "program holds it locked, or point SKILLFORGE_DB_URL elsewhere"
             ) from exc
 
@@ -209,47 +101,6 @@ class Registry:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- migrations ----------------------------------------------------------------------------
-    def _upgrade(self) -> None:
-        scripts = ScriptDirectory.from_config(alembic_config())
-        heads = set(scripts.get_heads())
-        lock = Path(f"{self._db_file}.lock") if self._db_file is not None else None
-        with _file_lock(lock):
-            with self.engine.connect() as conn:
-                current = set(MigrationContext.configure(conn).get_current_heads())
-                conn.rollback()
-            if current == heads:
-                return
-            unknown = sorted(rev for rev in current if not _known_revision(scripts, rev))
-            if unknown:
-                raise SkillforgeError(
-                    f"the index {self.url} was migrated by a newer skillforge (revision {', '.join(unknown)}); "
-                    "upgrade skillforge, or point SKILLFORGE_DB_URL at another database"
-                )
-            try:
-                self._upgrade_once()
-            except DBAPIError:
-                if self.engine.dialect.name == "sqlite":
-                    raise
-                self._upgrade_once()  # another process migrated concurrently; now it is a no-op
-
-    def _upgrade_once(self) -> None:
-        dialect = self.engine.dialect.name
-        with self._writer.connect() as conn:
-            raw = conn.connection.driver_connection if dialect == "sqlite" else None
-            if raw is not None:
-                # Batch migrations recreate tables; with foreign keys on, dropping the old table would
-                # cascade-delete child rows. PRAGMA foreign_keys only works outside a transaction.
-                raw.execute("PRAGMA foreign_keys = OFF")
-            try:
-                with conn.begin():
-                    if dialect == "postgresql":
-                        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
-                    command.upgrade(alembic_config(conn), "head")
-            finally:
-                if raw is not None:
-                    raw.execute("PRAGMA foreign_keys = ON")
 
     # -- sessions ------------------------------------------------------------------------------
     @contextmanager
@@ -298,27 +149,28 @@ class Registry:
             )
 
     # -- artifacts -----------------------------------------------------------------------------
-    def record_artifact(self, meta: ArtifactMeta, digest: str, size: int) -> bool:
-        """Index an artifact and its fields (adding the skill and skill version if missing).
+    def add_artifact(self, meta: ArtifactMeta, digest: str, size: int) -> tuple[ArtifactRow, bool]:
+        """Index an artifact and its fields (adding the skill and skill version if missing), unless the
+        index already has it; returns (the row that is in the index, whether this call added it).
 
-        Returns False, without error, if the digest or an artifact with the same (name, version,
-        fingerprint, anchor) is already indexed, including when a concurrent writer won the race.
-        Raises ManifestError if the skill version is registered with a different text.
+        "Already has it" means the digest, or another artifact with the same (name, version,
+        fingerprint, anchor). Of concurrent adds exactly one adds, and every caller gets that winner's
+        row: a compile that lost the race reports the winner's digest and drops its own blob
+        (`release`). Raises ManifestError if the skill version is registered with a different text.
         """
         digest_hex(digest)
         check_name(meta.skill)
         check_version(meta.version)
-        for attempt in range(2):
+        retries = 2
+        while True:
             try:
                 with self._session(write=True) as s:
-                    if s.get(Artifact, digest) is not None:
-                        return False
-                    clash = s.scalars(select(Artifact.digest).where(
+                    winner = s.get(Artifact, digest) or s.scalars(select(Artifact).where(
                         Artifact.name == meta.skill, Artifact.version == meta.version,
                         Artifact.fingerprint == meta.fingerprint, Artifact.anchor_digest == meta.anchor_digest,
                     )).first()
-                    if clash is not None:
-                        return False
+                    if winner is not None:
+                        return ArtifactRow.from_model(winner), False
                     self._ensure_skill(s, meta.skill)
                     sv = s.scalars(select(SkillVersion).where(
                         SkillVersion.name == meta.skill, SkillVersion.version == meta.version)).first()
@@ -328,18 +180,38 @@ class Registry:
                             description=str(meta.extra.get("description", "")), manifest="{}", created=_now()))
                     else:
                         self._check_same_text(meta.skill, meta.version, sv.text_digest, meta.text_digest)
-                    s.add(Artifact(
+                    added = Artifact(
                         digest=digest, name=meta.skill, version=meta.version, fingerprint=meta.fingerprint,
                         anchor_digest=meta.anchor_digest, tokens=meta.tokens, bytes=size, dtype=meta.dtype,
                         meta=meta.to_json(), created=meta.created,
                         fields=[Field(name=f.name, value=f.value, start=f.start, end=f.end) for f in meta.fields],
-                    ))
-                return True
+                    )
+                    s.add(added)
+                    s.flush()
+                    row = ArtifactRow.from_model(added)
+                return row, True
             except IntegrityError:
-                # A concurrent writer inserted the same skill or artifact first; look again once.
-                if attempt:
-                    return False
-        return False
+                # A concurrent writer inserted the same skill or artifact first; look again for the winner.
+                if not retries:
+                    raise
+                retries -= 1
+
+    def record_artifact(self, meta: ArtifactMeta, digest: str, size: int) -> bool:
+        """`add_artifact` for callers that only need to know whether this call indexed it."""
+        return self.add_artifact(meta, digest, size)[1]
+
+    def release(self, store: BlobStore, digest: str) -> int:
+        """Delete `digest`'s blob from `store` unless the index references it; the bytes freed.
+
+        For the loser of a race to index the same artifact (`add_artifact` returned another digest):
+        its blob serves nothing, and `gc` would leave it for the grace period.
+        """
+        digest_hex(digest)
+        with self._session() as s:
+            if s.get(Artifact, digest) is not None or \
+                    s.scalars(select(PackArtifact.id).where(PackArtifact.digest == digest)).first() is not None:
+                return 0
+        return store.delete(digest)
 
     def get_artifact(self, digest: str) -> ArtifactRow:
         digest_hex(digest)
@@ -433,74 +305,14 @@ class Registry:
             s.execute(delete(Field).where(Field.artifact_digest == digest))
             s.execute(delete(Artifact).where(Artifact.digest == digest))
 
+    def artifact_digests(self) -> set[str]:
+        """Every indexed artifact's digest (what `reindex` compares with the store)."""
+        with self._session() as s:
+            return set(s.scalars(select(Artifact.digest)))
+
     def referenced_digests(self) -> set[str]:
         """Every blob the index needs (artifacts, and the blobs of recorded packs); `gc` deletes the rest."""
         with self._session() as s:
             return set(s.scalars(select(Artifact.digest))) | set(s.scalars(select(PackArtifact.digest)))
 
-    def reindex(self, store: BlobStore) -> dict[str, int]:
-        """Rebuild the index from the store: index every artifact blob not yet indexed, drop rows whose
-        blob is gone. Blobs that are corrupt, not artifacts, or conflict with the index are skipped."""
-        present = set(store.digests())
-        with self._session() as s:
-            known = set(s.scalars(select(Artifact.digest)))  # not pack blobs: only artifact rows are rebuilt
-        removed = 0
-        for digest in sorted(known - present):
-            self.remove_artifact(digest)
-            removed += 1
-        indexed = len(known & present)
-        skipped = 0
-        for digest in sorted(present - known):
-            try:
-                path = store.local_path(digest)
-                meta, _ = read_header(path, source=digest)
-                if self.record_artifact(meta, digest, store.size(digest)):
-                    indexed += 1
-                else:
-                    skipped += 1  # another blob already serves this (name, version, fingerprint, anchor)
-            except SkillforgeError:
-                skipped += 1
-        return {"indexed": indexed, "skipped": skipped, "removed": removed}
 
-
-def gc(registry: Registry, store: BlobStore, grace_s: float = 600) -> dict[str, int]:
-    """Delete blobs the index does not reference.
-
-    Blobs younger than `grace_s` are kept (reported as `kept_recent`) when the store can tell a blob's
-    age: compile puts the blob first and records it second, and gc must not win that race.
-    """
-    candidates = list(store.digests())  # listed before reading references: newer blobs are not candidates
-    referenced = registry.referenced_digests()
-    age = getattr(store, "age_s", None)
-    removed = freed = kept = 0
-    for digest in candidates:
-        if digest in referenced:
-            continue
-        try:
-            if age is not None and grace_s > 0 and age(digest) < grace_s:
-                kept += 1
-                continue
-        except NotFound:
-            continue
-        freed += store.delete(digest)
-        removed += 1
-    return {"removed": removed, "freed_bytes": freed, "kept_recent": kept}
-
-
-def verify_all(registry: Registry, store: BlobStore) -> dict[str, Any]:
-    """Re-hash every blob the index refers to: {"checked", "corrupt": [...], "missing": [...]}."""
-    corrupt: list[str] = []
-    missing: list[str] = []
-    checked = 0
-    for digest in sorted(registry.referenced_digests()):
-        if not store.has(digest):
-            missing.append(digest)
-            continue
-        checked += 1
-        try:
-            if not store.verify(digest):
-                corrupt.append(digest)
-        except NotFound:
-            missing.append(digest)
-            checked -= 1
-    return {"checked": checked, "corrupt": corrupt, "missing": missing}
