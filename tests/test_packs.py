@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -296,6 +299,52 @@ def test_format_1_packs_stay_pullable_and_republishable(machines: Callable[[str]
     again = publish(["refund-desk", "pirate-voice"], "legacy@1.0.0", root, registry=a.registry, store=a.store)
     assert (again.created, again.index_digest, again.uploaded) == (False, sha(data), 1)
     assert [k for k in objects(root) if "/blobs/" in k] == sorted(f"prod/blobs/sha256/{d[7:]}" for d in digests)
+
+
+# -- crashes ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("step", ["pull:download", "pull:verified", "pull:installed"])
+def test_pull_killed_at_a_step_leaves_a_consistent_home(root: str, tmp_path: Path, step: str) -> None:
+    """kill -9 at a named step (SKILLFORGE_CRASH_AT, no sleeps): nothing indexed, every blob present is
+    intact, leftovers only in the staging folder; the rerun completes and `gc` leaves no staging bytes."""
+    a = Machine("a", tmp_path / "a", Registry(f"sqlite:///{tmp_path / 'a' / 'index.sqlite'}"), LocalStore(tmp_path / "a"))
+    digests = [fake_compile(a.registry, a.store, f"skill-{i}", nbytes=3_000_000) for i in range(3)]
+    publish([f"skill-{i}" for i in range(3)], "big@1.0.0", root, registry=a.registry, store=a.store)
+    a.registry.close()
+    home = tmp_path / "b"
+    exe = str(Path(sys.executable).parent / "skillforge")
+    env = {**os.environ, "SKILLFORGE_HOME": str(home)}
+
+    def run(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([exe, *args], env={**env, **extra}, capture_output=True, text=True, timeout=300)
+
+    killed = run("pull", f"{root}/big@1.0.0", "--json", SKILLFORGE_CRASH_AT=step)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    staging = home / "blobs" / "tmp"
+    staged = sorted(staging.iterdir())
+    store = LocalStore(home)
+    with Registry(f"sqlite:///{home / 'index.sqlite'}") as reg:
+        assert reg.list_artifacts() == [] and list_recorded_packs(reg) == []
+    present = list(store.digests())
+    assert set(present) <= set(digests) and all(store.verify(d) for d in present)
+    if step == "pull:installed":
+        assert len(present) == 1 and staged == []
+    else:
+        assert present == [] and staged  # what the kill left is staged in the home, nowhere else
+
+    rerun = run("pull", f"{root}/big@1.0.0", "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    result = json.loads(rerun.stdout)
+    assert sorted(result["downloaded"]) == sorted(set(digests) - set(present))
+    assert result["skipped"] == len(present) and result["recorded"] == 3
+    assert sorted(staging.iterdir()) == staged  # young leftovers stay until their grace has passed
+
+    staged_bytes = sum(p.stat().st_size for p in staged)
+    collected = run("gc", "--grace", "0", "--json")
+    assert collected.returncode == 0, collected.stderr
+    report = json.loads(collected.stdout)
+    assert (report["removed"], report["staging_removed"], report["staging_freed_bytes"]) == (0, len(staged), staged_bytes)
+    assert list(staging.iterdir()) == [] and sorted(store.digests()) == sorted(digests)
 
 
 # -- untrusted input -----------------------------------------------------------------------------

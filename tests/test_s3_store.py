@@ -102,6 +102,30 @@ def test_tampered_object_is_never_served(bucket: str, home: Path) -> None:
     assert store.local_path(digest).read_bytes() == data
 
 
+def test_staging_download_and_delete_key(bucket: str, home: Path) -> None:
+    store = S3Store(bucket, "p")
+    with store.staging(".part") as path:
+        assert path.parent == home / "s3-cache" / "blobs" / "tmp"  # inside the data home
+    assert not path.exists()
+    data = b"0123456789" * 100
+    digest, _ = store.put_bytes(data)
+    key = f"p/blobs/sha256/{digest[7:]}"
+    with store.staging() as path:
+        with pytest.raises(CorruptBlob, match="at most 999 were expected"):
+            store.download(key, path, max_size=999)
+        assert path.stat().st_size == 0  # refused before a byte was fetched
+        assert store.download(key, path, max_size=1000) == 1000 and path.read_bytes() == data
+        store.fetch(digest, path, size=1000)
+        with pytest.raises(CorruptBlob, match="1001 were expected"):
+            store.fetch(digest, path, size=1001)
+    store.delete_key(key)
+    store.delete_key(key)  # absent is fine
+    assert not store.has(digest)
+    with store.staging() as path, pytest.raises(NotFound):
+        store.fetch(digest, path)
+    assert list((home / "s3-cache" / "blobs" / "tmp").iterdir()) == []
+
+
 def test_bad_urls_missing_bucket_and_credentials(bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_s3_url("s3://team-skills/prod/") == ("team-skills", "prod")
     assert parse_s3_url("s3://team-skills") == ("team-skills", "")

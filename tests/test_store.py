@@ -109,6 +109,33 @@ def test_tmp_leftovers_are_ignored_and_cleaned(store: LocalStore) -> None:
     assert sorted(os.listdir(tmp)) == ["live.tmp"]
 
 
+def test_staging_lives_in_the_store_and_never_outlives_its_context(store: LocalStore) -> None:
+    tmp = store.root / "blobs" / "tmp"
+    with pytest.raises(RuntimeError):
+        with store.staging(".part") as path:
+            assert path.parent == tmp and path.name.endswith(".part") and path.exists()
+            path.write_bytes(b"half a download")
+            raise RuntimeError("killed mid-way")
+    assert not path.exists()
+    with store.staging() as path:
+        path.write_bytes(b"whole")
+        inode = path.stat().st_ino
+        digest, size = store.put_staged(path)
+    assert (digest, size) == (sha(b"whole"), 5) and not path.exists()
+    assert blob_path(store, digest).stat().st_ino == inode  # renamed into place, not copied
+    with store.staging() as path:
+        path.write_bytes(b"whole")
+        assert store.put_staged(path, digest) == (digest, 5) and not path.exists()  # already there: consumed
+    assert tmp_files(store) == []
+
+
+def test_put_staged_of_a_file_from_elsewhere_copies_and_consumes_it(store: LocalStore, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere.bin"
+    outside.write_bytes(b"from another filesystem")
+    digest, _ = store.put_staged(outside)
+    assert store.read_bytes(digest) == b"from another filesystem" and not outside.exists()
+
+
 def test_corrupt_blob_is_detected_and_refused(store: LocalStore) -> None:
     data = b"A" * 4096
     digest, _ = store.put_bytes(data)
