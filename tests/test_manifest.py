@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -541,3 +542,71 @@ def test_crlf_prompt_file_line_numbers(tmp_path):
     with pytest.raises(ManifestError) as info:
         load_manifest(skill)
     assert str(info.value).startswith(f"{skill / 'p.md'}:3: placeholder {{{{nope}}}} is not declared")
+
+
+# --------------------------------------------------------------------------------------------------
+# Hostile manifests: each is a ManifestError naming the file (and line), never another exception
+
+HEAD = 'name = "a"\nversion = "1.0.0"\n'
+
+
+@pytest.mark.parametrize(
+    "toml, line, needle",
+    [
+        (HEAD + 'prompt = "x"\nz = ' + "[" * 5000 + "]" * 5000, 4, "arrays or tables nested more than 16 levels deep"),
+        (HEAD + 'prompt = "x"\nz = ' + "{a=" * 5000 + "1" + "}" * 5000, 4, "nested more than 16 levels deep"),
+        (HEAD + 'prompt = "x"\n' + ".".join(["x"] * 100_000) + " = 1\n", 4, "a dotted key of more than 16 parts"),
+        (HEAD + 'prompt = "x"\n[' + ".".join(["x"] * 100_000) + "]\n", 4, "a dotted key of more than 16 parts"),
+        (HEAD + 'prompt = "x"\nz = ' + "9" * 5000, None, "a value is out of range"),
+        ('name = 0x' + "f" * 5000 + '\nversion = "1.0.0"\nprompt = "x"\n', 1, "'name' must be a string, got an integer"),
+        ('name = "a\\n"\nversion = "1.0.0"\nprompt = "x"\n', 1, "invalid name 'a\\n'"),
+        ('name = "a"\nversion = "1.0.0\\n"\nprompt = "x"\n', 2, "invalid version '1.0.0\\n'"),
+        ('name = "a"\nversion = "1.0.' + "9" * 5000 + '"\nprompt = "x"\n', 2, "versions are at most 64 characters"),
+        ('name = "' + "a" * 65 + '"\nversion = "1.0.0"\nprompt = "x"\n', 1, "names are at most 64 characters"),
+        ('name = "-a"\nversion = "1.0.0"\nprompt = "x"\n', 1, "names cannot start with '-'"),
+        ('name = "a"\nversion = "١.٠.٠"\nprompt = "x"\n', 2, "invalid version"),
+        (HEAD + 'description = "' + "d" * 1001 + '"\nprompt = "x"\n', 3, "description is 1001 characters long; the limit is 1000"),
+        (HEAD + 'prompt = "{{w}}"\n[fields.w]\ndefault = "v"\nlabel = "' + "l" * 201 + '"\n', 6, "the limit is 200"),
+        (HEAD + 'prompt = "{{' + "w" * 65 + '}}"\n[fields.' + "w" * 65 + ']\ndefault = "v"\n', 4, "at most 64 lowercase"),
+        (HEAD + 'prompt = "' + "x" * (1024 * 1024) + '"\n', None, "larger than the 1 MiB limit"),
+        (HEAD + 'prompt_file = "' + "p" * 300 + '"\n', 3, "longer than 255 characters"),
+        (HEAD + 'prompt_file = "p\\u0000.md"\n', 3, "contains a NUL character"),
+    ],
+    ids=["deep-arrays", "deep-inline-tables", "long-dotted-key", "long-dotted-header", "huge-int", "huge-hex-name",
+         "name-newline", "version-newline", "huge-version", "long-name", "dash-name", "arabic-digits", "long-description",
+         "long-label", "long-field-name", "huge-file", "long-prompt-file", "nul-prompt-file"],
+)
+def test_hostile_manifests_are_manifest_errors(tmp_path, toml, line, needle):
+    msg, path = load_error(tmp_path, toml)
+    assert msg.startswith(f"{path}:{line}: " if line else f"{path}: "), msg[:300]
+    assert needle in msg and len(msg) < 500
+
+
+@pytest.mark.parametrize("plant, needle", [
+    (lambda d: (os.symlink("loop2", d / "p.md"), os.symlink("p.md", d / "loop2")), "cannot be resolved"),
+    (lambda d: os.mkfifo(d / "p.md"), "it is not a regular file"),
+    (lambda d: (d / "p.md").mkdir(), "cannot read prompt_file 'p.md'"),
+    (lambda d: (d / "p.md").write_bytes(b"x" * (1024 * 1024 + 1)), "larger than the 1 MiB limit"),
+    (lambda d: (d / "p.md").write_bytes(b"caf\xe9"), "not valid UTF-8"),
+], ids=["symlink-loop", "fifo", "folder", "huge", "latin-1"])
+def test_hostile_prompt_files_are_manifest_errors(tmp_path, plant, needle):
+    skill = write_skill(tmp_path, HEAD + 'prompt_file = "p.md"\n')
+    plant(skill)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(skill)  # a FIFO would block a plain open(): this returning at all is part of the test
+    assert str(info.value).startswith(f"{skill / 'skill.toml'}:3: ") and needle in str(info.value)
+
+
+def test_manifest_paths_no_file_system_holds_are_not_found(tmp_path):
+    with pytest.raises(NotFound):
+        load_manifest(tmp_path / ("x" * 5000))
+    with pytest.raises(NotFound):
+        discover(tmp_path / "a\0b")
+
+
+def test_bounds_still_accept_their_limits(tmp_path):
+    skill = write_skill(tmp_path, 'name = "' + "a" * 64 + '"\nversion = "1.0.0-' + "r" * 58 + '"\ndescription = "'
+                        + "d" * 1000 + '"\nprompt = "{{' + "w" * 64 + '}}"\n[fields.' + "w" * 64 + ']\ndefault = "'
+                        + "v" * 200 + '"\nlabel = "' + "l" * 200 + '"\n')
+    m = load_manifest(skill)
+    assert len(m.name) == 64 and len(m.version) == 64 and len(m.description) == 1000
