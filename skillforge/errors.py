@@ -2,6 +2,12 @@
 
 The CLI maps `SkillforgeError.exit_code` to the process exit status and prints `str(error)`; nothing
 else in the code base prints errors, so messages must be complete sentences a user can act on.
+
+Exit statuses of the `skillforge` command: 0 success; 1 `verify` found corrupt or missing blobs;
+2 a usage error (unknown option, missing or ill-typed value: click's usage line, no traceback) or
+an invalid manifest, reference, input or edit; then one per class below (3 not found, 4 another
+model's artifact, 5 a corrupt blob or artifact, 6 unsupported model, 7 model unavailable, 8 context
+too long, 9 store error, 10 pack error). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
