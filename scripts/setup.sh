@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv with skillforge and its test tools, and fetch the demo model. Idempotent: a second run
-# installs nothing and fetches nothing. Sourced by demo.sh and test.sh.
+# Create .venv with skillforge and its test tools, and fetch the demo model and gemma-3-270m (the real
+# gemma3 model tests/test_gemma.py splices on). Idempotent: a second run installs nothing and fetches
+# nothing; an interrupted fetch resumes. Sourced by demo.sh and test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,3 +15,4 @@ if ! .venv/bin/python -c "import skillforge, torch, transformers, moto, psycopg"
 fi
 export SKILLFORGE_MODELS="${SKILLFORGE_MODELS:-$(.venv/bin/python -c 'import platformdirs; print(platformdirs.user_data_dir("skillforge"))')/models}"
 .venv/bin/skillforge model pull smollm2-135m >/dev/null
+.venv/bin/skillforge model pull gemma-3-270m >/dev/null

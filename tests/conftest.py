@@ -13,6 +13,7 @@ import platformdirs
 MODELS = Path(os.environ.get("SKILLFORGE_MODELS") or Path(platformdirs.user_data_dir("skillforge")) / "models")
 os.environ["SKILLFORGE_MODELS"] = str(MODELS)
 DEMO = MODELS / "smollm2-135m"
+GEMMA = MODELS / "gemma-3-270m"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -47,6 +48,17 @@ def demo_lm():
     from skillforge.model import load_model
 
     return load_model("smollm2-135m", device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def gemma_lm():
+    """gemma-3-270m (a real gemma3 model: sliding windows, two RoPE bases, no chat template), loaded once
+    per test session (float32 on CPU)."""
+    if not (GEMMA / "config.json").is_file():
+        pytest.fail(f"gemma-3-270m is missing at {GEMMA}; run scripts/test.sh (it fetches it) or skillforge model pull gemma-3-270m")
+    from skillforge.model import load_model
+
+    return load_model("gemma-3-270m", device="cpu", dtype="float32")
 
 
 @pytest.fixture(scope="session")
