@@ -14,8 +14,8 @@ import typer
 
 from skillforge import config
 
-ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="alias smollm2-135m, a model folder, a .gguf file or a hub id")
-DeviceOpt = typer.Option("auto", "--device", help="auto|cpu|cuda")
+ModelOpt = typer.Option("smollm2-135m", "--model", "-m", help="an alias (skillforge model ls), a model folder, a .gguf file or a hub id")
+DeviceOpt = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto|float32|bfloat16|float16")
 JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
 EditModeOpt = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute|contrast")
