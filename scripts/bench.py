@@ -149,7 +149,7 @@ def main() -> None:
 
     from skillforge.build import compile_manifests
     from skillforge.cli.common import open_registry, open_store
-    from skillforge.evaluate import load_cases, plot_bench, run_bench, run_eval
+    from skillforge.eval import EvalMemo, load_cases, plot_bench, run_bench, run_eval
     from skillforge.manifest import discover
     from skillforge.model import load_model
     from skillforge.runtime import Repair
@@ -164,9 +164,11 @@ def main() -> None:
     manifests = [m for m in discover(Path(args.skills)) if m.name in wanted or m.ref in wanted]
     compile_manifests(lm, manifests, registry, store, on_done=lambda o: log(f"skill {o.name}@{o.version}: {o.tokens} tokens"))
 
+    memo = EvalMemo()  # full-recompute references, computed once and shared by every repair setting
+
     def ev(label: str, **kw) -> dict:
         t = time.time()
-        d = run_eval(lm, cases, registry=registry, store=store, **kw)
+        d = run_eval(lm, cases, registry=registry, store=store, memo=memo, **kw)
         log(f"eval {label}: top1 {d['top1_agreement']:.3f} greedy16 {d['greedy16_match']:.3f} kl {d['kl_mean']:.4f} "
             f"({time.time() - t:.0f} s)")
         return d
@@ -181,7 +183,7 @@ def main() -> None:
             results["curve"][name] = ev(name, repair=Repair.parse(seam, rep))
     results["edits"] = {}
     for mode in edit_modes:  # the default first
-        results["edits"][mode] = run_eval(lm, edits, registry=registry, store=store, edit_mode=mode)
+        results["edits"][mode] = run_eval(lm, edits, registry=registry, store=store, edit_mode=mode, memo=memo)
         log(f"edits {mode}: {json.dumps(results['edits'][mode]['edits'])}")
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
     results["bench"] = run_bench(lm, lengths, repeats=args.repeats, progress=log)

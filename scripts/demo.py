@@ -9,6 +9,7 @@ import torch
 
 from skillforge import config
 from skillforge.model import load_model
+from skillforge.model.forward import new_cache, run
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Runtime
 from skillforge.store import open_store
@@ -16,13 +17,13 @@ from skillforge.store import open_store
 
 @torch.no_grad()
 def full_prefill_answer(lm, ids: list[int], max_new_tokens: int) -> tuple[str, float]:
-    """The baseline a plain transformers user runs: prefill the whole prompt, then decode greedily."""
+    """The baseline a plain transformers user runs: prefill the whole prompt, then decode greedily. Its
+    answer comes from transformers' own `generate`, on purpose: an independent check of the splice's."""
     t0 = time.perf_counter()
-    out = lm.model(input_ids=torch.tensor([ids]), use_cache=True, logits_to_keep=1)
+    run(lm.model, torch.tensor([ids]), cache=new_cache())
     ttft = (time.perf_counter() - t0) * 1000
     generated = lm.model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
                                   attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    del out
     return lm.tokenizer.decode(generated[0, len(ids):], skip_special_tokens=True), ttft
 
 

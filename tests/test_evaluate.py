@@ -10,8 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from skillforge.evaluate import (CaseError, FullArm, answer_logits, divergence, first_word, format_bench, format_eval, kl, load_cases,
-                                 logit_cosine, parse_cases, recovery, run_bench, run_eval, top1, word_token_ids)
+from skillforge.cli.bench_cmd import format_bench
+from skillforge.cli.eval_cmd import format_eval
+from skillforge.eval import CaseError, EvalMemo, load_cases, parse_cases, run_bench, run_eval
+from skillforge.eval.arms import FullArm, divergence
+from skillforge.eval.metrics import answer_logits, first_word, kl, logit_cosine, recovery, top1, word_token_ids
+from skillforge.eval.run import gated_decision
 from skillforge.manifest import Manifest
 
 AGGREGATE_KEYS = {"cases", "logit_cosine_mean", "logit_cosine_min", "kl_mean", "top1_agreement", "greedy16_match",
@@ -195,8 +199,6 @@ def test_eval_end_to_end_on_tiny_model(tiny):
 
 
 def test_decision_compares_only_the_two_answers_of_a_gated_case(tiny):
-    from skillforge.evaluate import _decision
-
     tok = tiny.tokenizer
     no, yes = word_token_ids(tok, "no"), word_token_ids(tok, "yes")
     vocab = len(tok)
@@ -208,11 +210,11 @@ def test_decision_compares_only_the_two_answers_of_a_gated_case(tiny):
 
     # the mode halves both answers' mass (an erratum pulling the opening elsewhere) but keeps their split
     logits = {"oracle": arm(0.6, 0.4, 0.0), "mode": arm(0.3, 0.2, 0.5), "stale": arm(0.4, 0.6, 0.0)}
-    d = _decision(tiny, {"oracle": "no", "mode": "no", "stale": "yes"}, logits)
+    d = gated_decision(tiny, {"oracle": "no", "mode": "no", "stale": "yes"}, logits)
     assert d["answers"] == ["no", "yes"] and d["share_oracle"] == pytest.approx(0.6, abs=1e-4)
     assert d["share_mode"] == pytest.approx(0.6, abs=1e-4) and d["recovery"] == pytest.approx(1.0, abs=1e-6)
     assert kl(logits["oracle"], logits["mode"]) > kl(logits["oracle"], logits["stale"])  # full-distribution recovery < 0
-    assert _decision(tiny, {"oracle": "no", "mode": "no", "stale": "no"}, logits) is None  # not gated
+    assert gated_decision(tiny, {"oracle": "no", "mode": "no", "stale": "no"}, logits) is None  # not gated
 
 
 def test_eval_recompute_mode_is_the_oracle_and_baselines_run(tiny):
@@ -228,6 +230,23 @@ def test_eval_recompute_mode_is_the_oracle_and_baselines_run(tiny):
         other = run_eval(tiny, CASES[1:2], skills=SKILLS, baseline=baseline)
         assert other["baseline"] == baseline and other["cases"] == 1
         assert other["skill_recompute_fraction"] == 0.0
+
+
+def test_a_memo_shares_references_between_runs_and_is_the_only_state(tiny):
+    from skillforge.runtime import Repair
+
+    memo = EvalMemo()
+    first = run_eval(tiny, CASES[:2], skills=SKILLS, memo=memo)
+    full, compiled = dict(memo.full), dict(memo.compiled)
+    assert len(full) == 2 and len(compiled) == 2  # one reference per case, one artifact per skill
+    # another repair setting over the same cases: the references and artifacts are reused, not redone
+    second = run_eval(tiny, CASES[:2], skills=SKILLS, memo=memo, repair=Repair(seam=0, blend=0.0))
+    assert memo.full == full and all(memo.full[k] is full[k] for k in full) and memo.compiled == compiled
+    assert [r["ttft_full_ms"] for r in second["per_case"]] == [r["ttft_full_ms"] for r in first["per_case"]]
+    assert [r["text_full"] for r in second["per_case"]] == [r["text_full"] for r in first["per_case"]]
+    # a run without a memo keeps nothing between calls, and leaves this memo alone
+    run_eval(tiny, CASES[:1], skills=SKILLS)
+    assert memo.full == full
 
 
 def test_bench_on_tiny_model(tiny, tmp_path: Path):
