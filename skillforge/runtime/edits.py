@@ -20,6 +20,8 @@ rewriting the field's own KV alone leaves it acting on the old value. Modes:
                  decision agreement 22 of 24 either way, but 11 of the 13 gated against 12.
 Only the current value gets an erratum: every splice starts again from the compiled artifact, so
 changing a field twice never stacks history (A -> B -> A is just A, with no erratum at all).
+This module plans one splice's edits (texts, errata, the recompute oracle's re-prefill) and counts
+what they cost; auto and contrast, which combine several splices, are in runtime/policies.py.
 """
 
 from __future__ import annotations
