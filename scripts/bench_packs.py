@@ -1,13 +1,20 @@
 #!/usr/bin/env python
-"""Publish and pull throughput of a ~200 MB pack over loopback S3 (moto's server), no torch needed.
+"""Pack transfer: zstd-planes ratio and throughput, and publish/pull over loopback S3 (moto), no torch.
 
-    .venv/bin/python scripts/bench_packs.py [--mb 200] [--artifacts 8] [--in-process]
+    .venv/bin/python scripts/bench_packs.py [--from-home HOME] [--mb 210] [--artifacts 8]
+                                            [--bandwidth 25 100 500] [--in-process]
 
-Builds valid fake artifacts (random float32 KV, the metadata artifact.py expects) in a temporary home,
-publishes them as one pack to a moto server on 127.0.0.1 (in its own process unless --in-process, so
-the server does not compete with the client for the GIL), pulls the pack into a second, empty home,
-and prints MB/s for each step, plus the no-op republish and the already-present pull. The numbers
-measure skillforge plus moto on this machine; a real S3, MinIO or R2 endpoint has different limits.
+Artifacts: with --from-home, every artifact compiled in that home (real KV: compile the skills with the
+demo model first, once per dtype); otherwise fake ones (random float32 KV, the metadata artifact.py
+expects) adding up to --mb. For each dtype it reports the encoding's ratio (plain bytes / bytes on the
+bucket, and plain zstd without planes for comparison) and its compress and decompress throughput
+(decode includes un-planing and the sha256 a pull needs anyway). Then it publishes all artifacts as
+one pack to a moto server on 127.0.0.1 (in its own process unless --in-process), pulls it into an
+empty home, and reports MB/s, plus the no-op republish and the already-present pull. Loopback has no
+bandwidth limit, so it also models a pull at each --bandwidth (MB/s) from the measured rates, as pull
+does it: blob i+1 downloads while blob i is verified (plain: sha256; zstd-planes: decode, which
+hashes), so each step costs the larger of the two. The numbers measure this machine; a real endpoint
+has other limits.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import hashlib
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,7 +61,7 @@ def start_server(in_process: bool) -> tuple[str, object]:
     return f"http://127.0.0.1:{queue.get(timeout=60)}", proc
 
 
-def fake_artifact(name: str, nbytes: int, seed: int) -> tuple[object, bytes]:
+def fake_artifact(name: str, nbytes: int, seed: int) -> tuple[Any, bytes]:
     import numpy as np
     from safetensors.numpy import save
 
@@ -73,10 +82,102 @@ def fake_artifact(name: str, nbytes: int, seed: int) -> tuple[object, bytes]:
     return meta, save(tensors, metadata={"skillforge": meta.to_json()})
 
 
+def fill(reg: Any, store: Any, args: argparse.Namespace) -> list[str]:
+    """Put the benchmark's artifacts into the publisher's home; the skill names to publish."""
+    from skillforge.registry import Registry
+    from skillforge.store import LocalStore
+
+    names = set()
+    if args.from_home:
+        home = Path(args.from_home)
+        with Registry(f"sqlite:///{home / 'index.sqlite'}") as src:
+            rows = src.list_artifacts()
+        if not rows:
+            sys.exit(f"no artifacts in {home}; compile some there first (SKILLFORGE_HOME={home} skillforge compile ...)")
+        source = LocalStore(home)
+        for row in rows:
+            meta = row.meta
+            reg.record_skill_version(meta.skill, meta.version, meta.text_digest, "bench", {})
+            digest, size = store.put_file(source.local_path(row.digest))
+            reg.record_artifact(meta, digest, size)
+            names.add(f"{meta.skill}@{meta.version}")
+        return sorted(names)
+    per = int(args.mb * 1e6 / args.artifacts)
+    for i in range(args.artifacts):
+        meta, data = fake_artifact(f"bench-{i}", per, seed=i)
+        reg.record_skill_version(meta.skill, meta.version, meta.text_digest, "bench", {})
+        digest, size = store.put_bytes(data)
+        reg.record_artifact(meta, digest, size)
+        names.add(meta.skill)
+    return sorted(names)
+
+
+def codec_figures(reg: Any, store: Any, work: Path) -> tuple[dict[str, dict[str, float]], list[tuple[str, int, int]]]:
+    """Per dtype: bytes, encoded bytes, ratios, and compress / decompress / sha256 throughput; and
+    (dtype, bytes, encoded bytes) of each blob."""
+    from skillforge.packs import codec
+    from skillforge.store.local import hash_file
+
+    groups: dict[str, list[Any]] = {}
+    for row in reg.list_artifacts():
+        groups.setdefault(row.dtype, []).append(row)
+    out = {}
+    blobs = []
+    for dtype, rows in sorted(groups.items()):
+        plain = encoded = flat = 0
+        t_enc = t_dec = t_sha = 0.0
+        for row in rows:
+            path = store.local_path(row.digest)
+            width, head = codec.plane_layout(path)
+            t0 = time.perf_counter()
+            size = codec.encode(path, work / "enc", width, head)
+            t_enc += time.perf_counter() - t0
+            encoded += size
+            blobs.append((dtype, row.bytes, size))
+            t0 = time.perf_counter()
+            assert codec.decode(work / "enc", work / "dec", row.bytes, row.digest) == row.digest
+            t_dec += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            hash_file(path)
+            t_sha += time.perf_counter() - t0
+            flat += codec.encode(path, work / "flat", 1, head)  # zstd alone, no planes
+            plain += row.bytes
+        out[dtype] = {"artifacts": len(rows), "bytes": plain, "encoded_bytes": encoded,
+                      "ratio": round(plain / encoded, 3), "ratio_zstd_without_planes": round(plain / flat, 3),
+                      "compress_MBps": round(plain / 1e6 / t_enc, 1), "decompress_MBps": round(plain / 1e6 / t_dec, 1),
+                      "sha256_MBps": round(plain / 1e6 / t_sha, 1)}
+    for name in ("enc", "dec", "flat"):
+        (work / name).unlink(missing_ok=True)
+    return out, blobs
+
+
+def pipelined(steps: list[tuple[float, float]]) -> float:
+    """Seconds to download and verify blobs in order when blob i+1 downloads while blob i is verified."""
+    total = steps[0][0]
+    for (_, verify), (download, _) in zip(steps, steps[1:]):
+        total += max(download, verify)
+    return total + steps[-1][1]
+
+
+def modelled_pulls(codec_by_dtype: dict[str, dict[str, float]], blobs: list[tuple[str, int, int]],
+                   bandwidths: list[float]) -> dict[str, dict[str, float]]:
+    """Pull time of the whole pack at each bandwidth (MB/s), plain vs zstd-planes, from measured rates."""
+    out = {}
+    for bw in bandwidths:
+        plain = pipelined([(n / 1e6 / bw, n / 1e6 / codec_by_dtype[d]["sha256_MBps"]) for d, n, _ in blobs])
+        zstd = pipelined([(e / 1e6 / bw, n / 1e6 / codec_by_dtype[d]["decompress_MBps"]) for d, n, e in blobs])
+        out[f"{bw:g}MBps"] = {"plain_s": round(plain, 2), "zstd_planes_s": round(zstd, 2),
+                              "speedup": round(plain / zstd, 3)}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mb", type=float, default=210, help="total pack size in MB (default 210)")
-    parser.add_argument("--artifacts", type=int, default=8, help="number of artifacts (default 8)")
+    parser.add_argument("--from-home", help="publish every artifact compiled in this SKILLFORGE_HOME (real KV)")
+    parser.add_argument("--mb", type=float, default=210, help="without --from-home: total size in MB (default 210)")
+    parser.add_argument("--artifacts", type=int, default=8, help="without --from-home: number of artifacts (default 8)")
+    parser.add_argument("--bandwidth", type=float, nargs="+", default=[25.0, 100.0, 500.0],
+                        help="bucket bandwidths in MB/s to model a pull at (default 25 100 500)")
     parser.add_argument("--in-process", action="store_true", help="run the moto server in this process")
     args = parser.parse_args()
 
@@ -97,25 +198,24 @@ def main() -> None:
     root = f"s3://{bucket}/prod"
 
     pub_reg, pub_store = Registry(f"sqlite:///{work / 'a' / 'index.sqlite'}"), LocalStore(work / "a")
-    per = int(args.mb * 1e6 / args.artifacts)
-    names = []
     t0 = time.perf_counter()
-    for i in range(args.artifacts):
-        name = f"bench-{i}"
-        meta, data = fake_artifact(name, per, seed=i)
-        pub_reg.record_skill_version(name, "1.0.0", meta.text_digest, "bench", {})
-        digest, size = pub_store.put_bytes(data)
-        pub_reg.record_artifact(meta, digest, size)
-        names.append(name)
-    total = sum(r.bytes for r in pub_reg.list_artifacts())
-    print(f"built {args.artifacts} artifacts, {total / 1e6:.1f} MB, in {time.perf_counter() - t0:.1f}s "
-          f"(moto server {'in process' if args.in_process else 'in its own process'} at {endpoint})", file=sys.stderr)
+    names = fill(pub_reg, pub_store, args)
+    rows = pub_reg.list_artifacts()
+    total = sum(r.bytes for r in rows)
+    print(f"{len(rows)} artifacts, {total / 1e6:.1f} MB ({args.from_home or 'fake float32 KV'}), ready in "
+          f"{time.perf_counter() - t0:.1f}s; moto server {'in process' if args.in_process else 'in its own process'} "
+          f"at {endpoint}", file=sys.stderr)
 
-    results = {"bytes": total, "artifacts": args.artifacts, "cpus": os.cpu_count()}
+    results: dict[str, Any] = {"source": args.from_home or "fake", "bytes": total, "artifacts": len(rows),
+                               "cpus": os.cpu_count()}
+    results["codec"], blobs = codec_figures(pub_reg, pub_store, work)
+    results["modelled_pull"] = modelled_pulls(results["codec"], blobs, args.bandwidth)
+
     t0 = time.perf_counter()
     res = publish(names, "bench@1.0.0", root, registry=pub_reg, store=pub_store)
     dt = time.perf_counter() - t0
     results["publish_s"], results["publish_MBps"] = round(dt, 2), round(res.uploaded_bytes / 1e6 / dt, 1)
+    results["sent_bytes"] = res.sent_bytes
     t0 = time.perf_counter()
     again = publish(names, "bench@1.0.0", root, registry=pub_reg, store=pub_store)
     assert not again.created and again.uploaded == 0
@@ -125,17 +225,23 @@ def main() -> None:
     t0 = time.perf_counter()
     got = pull(f"{root}/bench@1.0.0", registry=pull_reg, store=pull_store)
     dt = time.perf_counter() - t0
-    assert got.downloaded_bytes == total and got.recorded == args.artifacts
+    assert got.downloaded_bytes == total and got.recorded == len(rows)
     results["pull_s"], results["pull_MBps"] = round(dt, 2), round(total / 1e6 / dt, 1)
+    results["received_bytes"] = got.received_bytes
     t0 = time.perf_counter()
     again_pull = pull(f"{root}/bench@1.0.0", registry=pull_reg, store=pull_store)
     assert again_pull.downloaded == []
     results["repull_present_s"] = round(time.perf_counter() - t0, 2)
-    print(json.dumps(results))
-    print(f"publish {results['publish_MBps']} MB/s, pull {results['pull_MBps']} MB/s "
-          f"({total / 1e6:.0f} MB over loopback)", file=sys.stderr)
-    import shutil
-
+    print(json.dumps(results, indent=2))
+    for dtype, c in results["codec"].items():
+        print(f"{dtype}: ratio {c['ratio']}x (zstd without planes {c['ratio_zstd_without_planes']}x), compress "
+              f"{c['compress_MBps']} MB/s, decompress {c['decompress_MBps']} MB/s", file=sys.stderr)
+    for bw, m in results["modelled_pull"].items():
+        print(f"pull at {bw}: plain {m['plain_s']}s, zstd-planes {m['zstd_planes_s']}s", file=sys.stderr)
+    print(f"loopback: publish {results['publish_MBps']} MB/s, pull {results['pull_MBps']} MB/s "
+          f"({total / 1e6:.0f} MB as {got.received_bytes / 1e6:.0f} MB)", file=sys.stderr)
+    pub_reg.close()
+    pull_reg.close()
     shutil.rmtree(work, ignore_errors=True)
 
 

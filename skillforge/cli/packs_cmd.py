@@ -37,15 +37,22 @@ def register(app: typer.Typer) -> None:
                 to: str = typer.Option(..., "--to", help="bucket root, s3://bucket/prefix"),
                 model: str = OnlyModelOpt,
                 fingerprint: str = OnlyFingerprintOpt,
+                encoding: str = typer.Option("zstd-planes", "--encoding",
+                                             help="how blobs travel: zstd-planes (smaller) or none (for links "
+                                                  "faster than decoding)"),
                 endpoint_url: str = EndpointOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
                 as_json: bool = JsonOpt) -> None:
         """Publish compiled skills as an immutable pack version: missing blobs, then index, then the tag."""
+        from skillforge.errors import BadInput
+        from skillforge.packs import ENCODINGS
         from skillforge.packs import publish as do_publish
 
+        if encoding not in ENCODINGS:
+            raise BadInput(f"unknown --encoding {encoding!r}: use one of {', '.join(ENCODINGS)}")
         fp = _fingerprint(model, fingerprint, device, dtype)
         with open_registry() as registry:
             result = do_publish(skills, pack, to, registry=registry, store=open_store(), fingerprint=fp,
-                                endpoint_url=endpoint_url, progress=True)
+                                endpoint_url=endpoint_url, progress=True, encoding=encoding)
         rate = result.uploaded_bytes / 1e6 / result.seconds if result.seconds > 0 else 0.0
         if result.created:
             text = (f"published {result.ref}: {len(result.skills)} skills, {result.artifacts} artifacts "

@@ -8,13 +8,14 @@ each machine's SQL index a view of what it has. The package owns one step per mo
     publish.py  this home's artifacts -> blobs, index, then the tag (conditional put; immutable versions)
     pull.py     a pack -> verified blobs in this home's store, then its index rows (resumable)
     listing.py  the versions in a bucket, and those this index recorded
+    codec.py    the zstd-planes encoding blobs travel in (bounded, streamed both ways)
     home.py     what publish and pull share locally (registry, store, progress bar)
 """
 
-from skillforge.packs.index import PackEntry, PackIndex, PackSkill, parse_pack_spec
+from skillforge.packs.index import ENCODINGS, PackEntry, PackIndex, PackSkill, parse_pack_spec
 from skillforge.packs.listing import PackInfo, list_packs, local_packs
 from skillforge.packs.publish import PublishResult, build_index, publish
 from skillforge.packs.pull import PullResult, pull
 
-__all__ = ["PackEntry", "PackIndex", "PackInfo", "PackSkill", "PublishResult", "PullResult", "build_index",
+__all__ = ["ENCODINGS", "PackEntry", "PackIndex", "PackInfo", "PackSkill", "PublishResult", "PullResult", "build_index",
            "list_packs", "local_packs", "parse_pack_spec", "publish", "pull"]

@@ -20,12 +20,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from skillforge.errors import BadReference, CorruptBlob, PackError
+from skillforge.errors import BadReference, CorruptBlob, NotFound, PackError
 from skillforge.packs import codec
 from skillforge.packs.index import MAX_INDEX_BYTES, MAX_TAG_BYTES, PLAIN, PackEntry, PackIndex, Tag, sha
 from skillforge.refs import digest_hex
 from skillforge.store import BlobStore
 from skillforge.store.crashpoint import crash_point
+from skillforge.store.local import hash_file
 from skillforge.store.s3 import ObjectTooLarge, S3Store
 
 TAG_KEY_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,63})/([^/]+)\.json$")
@@ -132,24 +133,37 @@ def upload_blob(remote: S3Store, store: BlobStore, entry: PackEntry, on_bytes: C
     return sent
 
 
-def download_blob(remote: S3Store, store: BlobStore, entry: PackEntry, dest: Path, where: str,
-                  on_bytes: Callable[[int], None]) -> int:
-    """Download `entry`'s blob into the staging file `dest`, decoded and verified; the bytes received.
+def download_object(remote: S3Store, entry: PackEntry, part: Path, on_bytes: Callable[[int], None]) -> int:
+    """Download `entry`'s object as the bucket stores it into the staging file `part`; the bytes received.
 
-    CorruptBlob if the object has an impossible size, does not decode, or is not the blob the index
-    names; `dest` then holds unverified bytes for the caller's staging context to remove.
+    Its size is checked before a byte is fetched: exactly the recorded size for a plain blob, at most
+    zstd's worst case of it for an encoded one. The content is not trusted yet: see `verified_blob`.
+    """
+    limit = {"size": entry.size} if entry.encoding == PLAIN else {"max_size": codec.max_encoded_size(entry.size)}
+    key = blob_key(remote, entry)
+    try:
+        return remote.download(key, part, callback=_crashing(on_bytes), **limit)
+    except NotFound:
+        raise NotFound(f"blob {entry.digest} is not in {remote.url} (no object {remote.where(key)}); republish the "
+                       "pack") from None
+
+
+def verified_blob(entry: PackEntry, part: Path, decoded: Path, where: str) -> Path:
+    """The staging file that holds `entry`'s blob, checked against its digest: `part` itself for a plain
+    object, `decoded` (written here, never beyond the recorded size) for an encoded one.
+
+    CorruptBlob if the bytes are not the blob the index names; nothing is installed by this.
     """
     if entry.encoding == PLAIN:
-        remote.fetch(entry.digest, dest, size=entry.size, callback=_crashing(on_bytes))
-        return entry.size
-    with store.staging(f".{entry.encoding}.part") as part:
-        received = remote.download(blob_key(remote, entry), part, max_size=codec.max_encoded_size(entry.size),
-                                   callback=_crashing(on_bytes))
-        actual = codec.decode(part, dest, entry.size, f"{where}: blob {entry.digest}")
+        actual, _ = hash_file(part)
+        blob = part
+    else:
+        actual = codec.decode(part, decoded, entry.size, f"{where}: blob {entry.digest}")
+        blob = decoded
     if actual != entry.digest:
-        raise CorruptBlob(f"{where}: blob {entry.digest} is corrupt: the object decodes to bytes that hash to {actual}; "
-                          "it was not kept. The object in the bucket was tampered with or damaged; republish it")
-    return received
+        raise CorruptBlob(f"{where}: blob {entry.digest} is corrupt: the bytes of its object hash to {actual}; it was "
+                          "not kept. The object in the bucket was tampered with or damaged; republish it")
+    return blob
 
 
 def _crashing(on_bytes: Callable[[int], None]) -> Callable[[int], None]:

@@ -59,11 +59,12 @@ class PublishResult:
 
 
 def build_index(registry: Registry, name: str, version: str, skills: Sequence[str],
-                fingerprint: str | None = None) -> PackIndex:
+                fingerprint: str | None = None, encoding: str = ZSTD_PLANES) -> PackIndex:
     """The index of a pack of `skills` (`name`, `name@version`, `name@sha256:...`) as compiled here.
 
     `name@version` takes every artifact of that version (every model and anchor, or only
-    `fingerprint`'s); a bare name takes the highest version that has artifacts.
+    `fingerprint`'s); a bare name takes the highest version that has artifacts. Every blob is to be
+    stored with `encoding` (see index.ENCODINGS).
     """
     from skillforge.manifest import Manifest
 
@@ -116,7 +117,7 @@ def build_index(registry: Registry, name: str, version: str, skills: Sequence[st
     for r in rows.values():
         meta = r.meta  # the blob's own metadata (rows from old index versions may lack a dtype)
         entries.append(PackEntry(r.name, r.version, r.fingerprint, r.digest, r.bytes, meta.anchor_digest, meta.tokens,
-                                 meta.dtype, ZSTD_PLANES))
+                                 meta.dtype, encoding))
     index = PackIndex(check_name(name), check_version(version), tuple(pack_skills), tuple(entries))
     # Whatever we publish must be pullable: run the reader's checks on it now.
     PackIndex.parse(index.to_bytes(), f"{name}@{version}")
@@ -125,7 +126,7 @@ def build_index(registry: Registry, name: str, version: str, skills: Sequence[st
 
 def publish(skills: Sequence[str], pack: str, to: str, *, registry: Registry | None = None,
             store: BlobStore | None = None, fingerprint: str | None = None, endpoint_url: str | None = None,
-            remote: S3Store | None = None, progress: bool = False,
+            remote: S3Store | None = None, progress: bool = False, encoding: str = ZSTD_PLANES,
             before_visible: Callable[[], None] | None = None) -> PublishResult:
     """Publish `skills` as pack `pack` (`name@version`) to the bucket root `to` (`s3://bucket/prefix`).
 
@@ -133,6 +134,9 @@ def publish(skills: Sequence[str], pack: str, to: str, *, registry: Registry | N
     conditional put. Refuses (PackError) a version that exists with other content, or that a racing
     publisher created first with other content; the same content again is a no-op (`created=False`).
     `registry`/`store` default to the current home's; `fingerprint` keeps one model's artifacts.
+    `encoding` is how blobs travel: "zstd-planes" (default: fewer bytes, decoding costs CPU on pull)
+    or "none" (for links faster than decoding; see scripts/bench_packs.py); it does not change what
+    the pack contains, so republishing with the other encoding is the same content.
     `before_visible` runs just before the tag is written (tests use it to line up racing publishers).
     """
     started = time.monotonic()
@@ -140,7 +144,7 @@ def publish(skills: Sequence[str], pack: str, to: str, *, registry: Registry | N
     remote = open_remote(to, endpoint_url, remote)
     with ExitStack() as stack:
         registry, store = opened(stack, registry, store)
-        index = build_index(registry, name, version, skills, fingerprint)
+        index = build_index(registry, name, version, skills, fingerprint, encoding)
         data = index.to_bytes()
         index_digest = sha(data)
         ref = f"{remote.url}/{name}@{version}"

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from skillforge.artifact import ArtifactMeta, read_header
 from skillforge.errors import CorruptBlob, ManifestError, NotFound, PackError
-from skillforge.packs.bucket import download_blob, open_remote, read_index, read_tag
+from skillforge.packs.bucket import download_object, open_remote, read_index, read_tag, verified_blob
 from skillforge.packs.home import opened, progress_bar
-from skillforge.packs.index import PackEntry, PackSkill
+from skillforge.packs.index import PackEntry, PackIndex, PackSkill
 from skillforge.refs import PackRef
 from skillforge.registry import Registry
 from skillforge.registry.packs import PackArtifactRow, check_pack_unchanged, record_pack, skill_version
@@ -77,6 +79,49 @@ def _local_meta(store: BlobStore, digest: str) -> ArtifactMeta | None:
     except CorruptBlob:
         store.delete(digest)  # a damaged local copy: the pull replaces it
         return None
+
+
+def _verify(entry: PackEntry, skill: PackSkill, part: Path, decoded: Path, where: str) -> tuple[Path, ArtifactMeta]:
+    """Digest first (decoding if needed), then the header, then agreement with the index."""
+    blob = verified_blob(entry, part, decoded, where)
+    meta, _ = read_header(blob, source=f"{where}: blob {entry.digest}")
+    _check_meta(meta, entry, skill, where)
+    return blob, meta
+
+
+def _fetch(remote: S3Store, store: BlobStore, index: PackIndex, todo: list[PackEntry], where: str,
+           on_bytes: Callable[[int], None], installed: Callable[[PackEntry, ArtifactMeta], None]) -> int:
+    """Download, verify and install `todo`, one blob after another; the bytes received.
+
+    Verifying (decoding, hashing, parsing) blob i runs on a worker thread while blob i+1 downloads, so
+    a pull costs about the larger of transfer and decoding, not their sum; at most two blobs are
+    staged at once. A blob becomes visible (`put_staged`) only after its check passed; whatever is
+    staged when anything fails is removed once the worker has let go of it.
+    """
+    received = 0
+    with ExitStack() as staged, ThreadPoolExecutor(max_workers=1, thread_name_prefix="skillforge-verify") as verifier:
+        pending: tuple[PackEntry, ExitStack, Future[tuple[Path, ArtifactMeta]]] | None = None
+
+        def install(entry: PackEntry, files: ExitStack, checked: Future[tuple[Path, ArtifactMeta]]) -> None:
+            blob, meta = checked.result()
+            crash_point("pull:verified")
+            store.put_staged(blob, entry.digest)
+            files.close()
+            crash_point("pull:installed")
+            installed(entry, meta)
+
+        for entry in todo:
+            files = staged.enter_context(ExitStack())
+            part = files.enter_context(store.staging(".part"))
+            decoded = files.enter_context(store.staging(".tmp"))
+            received += download_object(remote, entry, part, on_bytes)
+            if pending is not None:
+                install(*pending)
+            skill = index.skill(entry.skill, entry.version)
+            pending = (entry, files, verifier.submit(_verify, entry, skill, part, decoded, where))
+        if pending is not None:
+            install(*pending)
+    return received
 
 
 def pull(ref: str, *, fingerprint: str | None = None, registry: Registry | None = None,
@@ -133,23 +178,16 @@ def pull(ref: str, *, fingerprint: str | None = None, registry: Registry | None 
                     on_blob(entry.digest)
 
         downloaded: list[str] = []
-        received = 0
+
+        def installed(entry: PackEntry, meta: ArtifactMeta) -> None:
+            downloaded.append(entry.digest)
+            metas[entry.digest] = meta
+            if on_blob is not None:
+                on_blob(entry.digest)
+
         try:
             with progress_bar(sum(e.size for e in todo), f"pull {name}@{version}", progress) as bar:
-                for entry in todo:
-                    # digest first (download_blob), then the header, then agreement with the index;
-                    # only then does the staged file become a blob
-                    with store.staging(".part") as tmp:
-                        received += download_blob(remote, store, entry, tmp, where, bar.update)
-                        crash_point("pull:verified")
-                        meta, _ = read_header(tmp, source=f"{where}: blob {entry.digest}")
-                        _check_meta(meta, entry, index.skill(entry.skill, entry.version), where)
-                        store.put_staged(tmp, entry.digest)
-                    crash_point("pull:installed")
-                    downloaded.append(entry.digest)
-                    metas[entry.digest] = meta
-                    if on_blob is not None:
-                        on_blob(entry.digest)
+                received = _fetch(remote, store, index, todo, where, bar.update, installed)
         except (PackError, CorruptBlob):
             # The pack is bad: keep nothing this pull brought in that the index does not already use.
             keep = registry.referenced_digests()
