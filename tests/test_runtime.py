@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from skillforge.build import compile_manifests
-from skillforge.errors import BadReference, ContextTooLong, CorruptBlob, NotFound
+from skillforge.errors import BadInput, BadReference, ContextTooLong, CorruptBlob, NotFound
 from skillforge.manifest import discover
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Repair, Runtime
@@ -60,6 +60,18 @@ def test_hot_cache_is_bounded_by_bytes():
     assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3 and cache.bytes == 90
     cache.put("huge", 4, 1000)
     assert "huge" not in cache
+
+
+def test_memory_settings_are_read_when_a_runtime_is_made(demo_tokenizer, monkeypatch: pytest.MonkeyPatch):
+    lm = build("llama", demo_tokenizer)
+    monkeypatch.setenv("SKILLFORGE_HOT_CACHE_BYTES", "12345")
+    monkeypatch.setenv("SKILLFORGE_CACHE_POOL_BYTES", "0")
+    rt = Runtime(lm)
+    assert rt.hot.max_bytes == 12345 and rt.pool.max_bytes == 0
+    assert Runtime(lm, hot_bytes=7).hot.max_bytes == 7  # an argument wins over the setting
+    monkeypatch.setenv("SKILLFORGE_HOT_CACHE_BYTES", "2GB")
+    with pytest.raises(BadInput, match="SKILLFORGE_HOT_CACHE_BYTES='2GB' is not a byte count"):
+        Runtime(lm)
 
 
 def test_tampered_artifact_is_refused_on_load(compiled, home: Path):
