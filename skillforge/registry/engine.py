@@ -73,7 +73,8 @@ def _checked_url(url: str) -> URL:
         parsed.get_dialect()
     except ArgumentError as exc:
         raise BadInput(f"SKILLFORGE_DB_URL {masked(url)!r} is not a database URL skillforge can open ({exc}); use "
-                       "an SQLAlchemy URL such as sqlite:////path/index.sqlite or postgresql+psycopg://user@host/db") from None
+                       "an SQLAlchemy URL such as sqlite:////path/index.sqlite or "
+                       "postgresql+psycopg://user@host/db") from None
     return parsed
 
 

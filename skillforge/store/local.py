@@ -240,7 +240,8 @@ class LocalStore:
             os.chmod(path, 0o644)
             os.replace(path, final)
         except OSError as exc:
-            raise StoreError(f"cannot write blob {digest} into {self.url}: {exc}; check permissions and free space") from exc
+            raise StoreError(f"cannot write blob {digest} into {self.url}: {exc}; check permissions and free "
+                             "space") from exc
         _fsync_dir(final.parent)
         return digest, size
 
