@@ -13,6 +13,7 @@ def register(app: typer.Typer) -> None:
     def serve(model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
               host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
               port: int = typer.Option(8000, "--port"),
+              served_name: str = typer.Option(None, "--served-name", help="the model id clients send (default: --model as given)"),
               api_key: str = typer.Option(None, "--api-key", envvar="SKILLFORGE_API_KEY",
                                           help="require `Authorization: Bearer <key>` on /v1/* (default: no key)"),
               max_queue: int = typer.Option(64, "--max-queue", help="requests that may wait for the model; one more gets 503"),
@@ -21,6 +22,8 @@ def register(app: typer.Typer) -> None:
               log_level: str = typer.Option("info", "--log-level", help="critical|error|warning|info|debug")) -> None:
         """Serve POST /v1/chat/completions (OpenAI's schema, plus `skills`, `set`, `edit_mode`, `repair`),
         GET /v1/models, /v1/skills, /health and /metrics. SIGTERM finishes the requests in flight, then exits."""
+        import logging
+
         import uvicorn
 
         from skillforge.server.app import create_app
@@ -30,8 +33,9 @@ def register(app: typer.Typer) -> None:
             raise BadInput("--max-queue must be 0 or more and --max-active 1 or more")
         if not 0 < port < 65536:
             raise BadInput(f"--port {port} is not a TCP port (1-65535)")
+        logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")  # the worker's tracebacks
         lm = load(model, device, dtype)
-        engine = Engine(lm, open_registry(), open_store(), name=model, erratum=erratum)
+        engine = Engine(lm, open_registry(), open_store(), name=served_name or model, erratum=erratum)
         app_ = create_app(engine, api_key=api_key or None, max_queue=max_queue, max_active=max_active)
-        info(f"serving {model} on http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'})")
+        info(f"serving {served_name or model} on http://{host}:{port}/v1 ({'API key required' if api_key else 'no API key'})")
         uvicorn.run(app_, host=host, port=port, log_level=log_level)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,7 +30,6 @@ from skillforge.server.engine import Delta, Engine, Event, Failed, Finished, Gen
 from skillforge.server.errors import ModelNotServed, ServerBusy, Unauthorized, classify, error_body
 from skillforge.server.queue import Scheduler
 
-log = logging.getLogger("skillforge.server")
 ROUTES = ("/v1/chat/completions", "/v1/models", "/v1/skills", "/health", "/metrics")
 POLL_S = 0.25  # how often a request waiting for the model checks that its client is still there
 
@@ -41,9 +39,9 @@ class ClientGone(Exception):
 
 
 def error_response(exc: BaseException, param: str | None = None) -> JSONResponse:
+    """The client's view of `exc`. Its traceback is logged where it was caught (the worker, or uvicorn
+    for a route's own failure), never sent."""
     status, body = classify(exc, param)
-    if status >= 500 and not isinstance(exc, SkillforgeError):
-        log.error("internal error", exc_info=exc)
     headers = {"Retry-After": "1"} if isinstance(exc, ServerBusy) else None
     return JSONResponse(body, status_code=status, headers=headers)
 
