@@ -214,12 +214,12 @@ def test_eight_concurrent_clients_get_the_answers_they_get_alone(setup):
             dict(skills=["pirate-voice"], repair="none"), dict()]
     jobs = [(f"Question {i}: what is {i} + {i}?", i % 2 == 1, ask) for i, ask in enumerate(asks)]
     client = server.client()
-    run = lambda job: chat(client, msgs(job[0]), stream=job[1], **job[2])["text"]  # noqa: E731
+    run = lambda job: chat(client, msgs(job[0]), n=4, stream=job[1], **job[2])["text"]  # noqa: E731
     alone = [run(job) for job in jobs]
     with ThreadPoolExecutor(len(jobs)) as pool:
         together = list(pool.map(run, jobs))
     assert together == alone
-    edited = python_api(rt, Context(skills=["code-review"], system=SYSTEM, user=jobs[3][0], set={"code-review.language": "Rust"}))
+    edited = python_api(rt, Context(skills=["code-review"], system=SYSTEM, user=jobs[3][0], set={"code-review.language": "Rust"}), n=4)
     assert alone[3] == edited["text"]
 
 

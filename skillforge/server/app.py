@@ -26,7 +26,7 @@ from skillforge.errors import BadInput, SkillforgeError
 from skillforge.runtime import Repair
 from skillforge.runtime.edits import MODES
 from skillforge.server import schemas
-from skillforge.server.engine import Delta, Engine, Event, Failed, Finished, Generation, Started
+from skillforge.server.engine import Delta, Engine, Event, Failed, Finished, Started
 from skillforge.server.errors import ModelNotServed, ServerBusy, Unauthorized, classify, error_body
 from skillforge.server.queue import Scheduler
 
@@ -155,8 +155,8 @@ def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 64, 
                 return error_response(first.error)
             if req.stream:
                 handed_over = True
-                return StreamingResponse(stream(req, first, events, gen), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache"})
+                return _EventStream(stream(req, first, events), on_close=lambda: scheduler.cancel(gen),
+                                    media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
             return await collect(req, first, events, request)
         except ClientGone:
             return Response(status_code=499)
@@ -185,31 +185,28 @@ def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 64, 
                 return JSONResponse(schemas.completion(schemas.new_id(), req.model, "".join(parts), event.finish_reason,
                                                        use, first.extension))
 
-    async def stream(req: schemas.ChatRequest, first: Started, events: asyncio.Queue, gen: Generation) -> AsyncIterator[str]:
+    async def stream(req: schemas.ChatRequest, first: Started, events: asyncio.Queue) -> AsyncIterator[str]:
         cid, created, with_usage = schemas.new_id(), int(time.time()), req.include_usage
 
         def sse(data: dict[str, Any]) -> str:
             return f"data: {json.dumps(data)}\n\n"
 
-        try:
-            yield sse(schemas.chunk(cid, req.model, created, {"role": "assistant", "content": ""}, with_usage=with_usage))
-            while True:
-                event = await events.get()
-                if isinstance(event, Delta):
-                    yield sse(schemas.chunk(cid, req.model, created, {"content": event.text}, with_usage=with_usage))
-                elif isinstance(event, Failed):
-                    yield sse(classify(event.error)[1])  # the status line is sent: the error goes in the stream
-                    return
-                elif isinstance(event, Finished):
-                    yield sse(schemas.chunk(cid, req.model, created, {}, event.finish_reason, with_usage=with_usage,
-                                            skillforge=first.extension))
-                    if with_usage:
-                        use = schemas.usage(first.prompt_tokens, event.completion_tokens, first.cached_tokens)
-                        yield sse(schemas.usage_chunk(cid, req.model, created, use))
-                    yield "data: [DONE]\n\n"
-                    return
-        finally:
-            scheduler.cancel(gen)  # the client went away mid-stream (or it finished: then a no-op)
+        yield sse(schemas.chunk(cid, req.model, created, {"role": "assistant", "content": ""}, with_usage=with_usage))
+        while True:
+            event = await events.get()
+            if isinstance(event, Delta):
+                yield sse(schemas.chunk(cid, req.model, created, {"content": event.text}, with_usage=with_usage))
+            elif isinstance(event, Failed):
+                yield sse(classify(event.error)[1])  # the status line is sent: the error goes in the stream
+                return
+            elif isinstance(event, Finished):
+                yield sse(schemas.chunk(cid, req.model, created, {}, event.finish_reason, with_usage=with_usage,
+                                        skillforge=first.extension))
+                if with_usage:
+                    use = schemas.usage(first.prompt_tokens, event.completion_tokens, first.cached_tokens)
+                    yield sse(schemas.usage_chunk(cid, req.model, created, use))
+                yield "data: [DONE]\n\n"
+                return
 
     def validate(req: schemas.ChatRequest) -> schemas.Turns:
         """Everything that can be checked without the model, each error naming its field."""
@@ -226,6 +223,21 @@ def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 64, 
         return turns
 
     return app
+
+
+class _EventStream(StreamingResponse):
+    """A server-sent event stream that calls `on_close` however it ends: finished, or cancelled when
+    the client went away (even before its first byte, when the body iterator never started)."""
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None], **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.on_close = on_close
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
 
 
 class _Invalid(Exception):
