@@ -381,3 +381,70 @@ def test_queue_overflow_then_sigterm_loses_nothing(setup, tmp_path: Path):
             server.request("GET", "/health")
     finally:
         server.stop()
+
+
+def test_stop_text_holds_back_what_may_become_a_stop_string(demo_tokenizer):
+    from skillforge.server.decode import StopText
+
+    ids = demo_tokenizer("Hello there, END of story", add_special_tokens=False)["input_ids"]
+    text = StopText(demo_tokenizer, ["END", "XYZ"])
+    sent = "".join(text.add(t) for t in ids if not text.stopped)
+    assert text.stopped and sent == "Hello there, "
+    plain = StopText(demo_tokenizer, ["END"])
+    sent = "".join(plain.add(t) for t in demo_tokenizer("It ends at E", add_special_tokens=False)["input_ids"])
+    assert sent == "It ends at " and plain.flush() == "E" and not plain.stopped  # "E" waited: it could have become END
+
+
+class FakeTask:
+    """A task of `steps` steps that records what the worker did with it."""
+
+    def __init__(self, steps: int = 2, fail: bool = False, gate: threading.Event | None = None):
+        self.cancelled = threading.Event()
+        self.steps, self.fail_at_start, self.gate = steps, fail, gate
+        self.done_steps, self.closed, self.failed = 0, 0, None
+
+    def start(self) -> bool:
+        if self.gate is not None:
+            self.gate.wait(30)
+        if self.fail_at_start:
+            raise RuntimeError("boom")
+        return self.step()
+
+    def step(self) -> bool:
+        self.done_steps += 1
+        return self.done_steps >= self.steps
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed = exc
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_scheduler_bounds_cancels_survives_failures_and_drains():
+    from skillforge.server.errors import ServerBusy
+    from skillforge.server.queue import Scheduler
+
+    sched, gate = Scheduler(max_queue=1, max_active=1), threading.Event()
+    sched.start()
+    blocking, waiting, next_up = FakeTask(gate=gate), FakeTask(), FakeTask()
+    sched.submit(blocking)
+    wait_until(lambda: sched.depth == 0)  # the worker took it and is held in its start()
+    sched.submit(waiting)
+    with pytest.raises(ServerBusy):
+        sched.submit(FakeTask())
+    sched.cancel(waiting)  # leaves the queue at once, never started
+    assert sched.depth == 0
+    sched.submit(next_up)
+    failing, after = FakeTask(fail=True), FakeTask(steps=3)
+    gate.set()
+    wait_until(lambda: sched.depth == 0)
+    sched.submit(failing)
+    sched.submit(after)
+    sched.close()  # returns once every accepted task is done
+    assert (blocking.done_steps, blocking.closed) == (2, 1) and (next_up.done_steps, next_up.closed) == (2, 1)
+    assert waiting.done_steps == 0 and waiting.closed == 0
+    assert isinstance(failing.failed, RuntimeError) and failing.closed == 1
+    assert (after.done_steps, after.closed) == (3, 1)
+    with pytest.raises(ServerBusy):
+        sched.submit(FakeTask())

@@ -98,8 +98,10 @@ class Scheduler:
                 if not self._waiting and not self._active:
                     return  # closing, and nothing left
                 new = self._waiting.popleft() if self._waiting and len(self._active) < self.max_active else None
-            if new is not None and self._advance(new, new.start):
-                self._active.append(new)
+                if new is not None:
+                    self._active.append(new)  # holds its slot from the start of its prefill
+            if new is not None and not self._advance(new, new.start):
+                self._active.remove(new)
             for task in list(self._active):
                 if not self._advance(task, task.step):
                     self._active.remove(task)
