@@ -57,7 +57,7 @@ class Runtime:
         self.erratum = check_erratum_template(erratum or DEFAULT_ERRATUM)  # wording of the override line for edits
         self.core = Splicer(lm, self.pool)  # refuses models whose keys cannot be moved
         self.rope = self.core.rope
-        self.lookup = ArtifactLookup(lm, registry, store, self.hot)
+        self.lookup = ArtifactLookup(lm, registry, store, self.hot, self.core.layer_shapes)
 
     def resolve(self, ref: str, raw: bool = False, system: str = "") -> Resolved:
         """`name`, `name@version` or `name@sha256:...` -> artifact for this model (see runtime/lookup.py)."""

@@ -2,14 +2,16 @@
 
 The registry says which blob; the store gives its bytes (digest verified on read); recently used
 artifacts stay in memory (runtime/hotcache.py). This is the one place the runtime reads an artifact
-file. The registry and store are duck-typed (their find/list and local_path methods), so the runtime
-imports neither.
+file, and it reads it against this model's layout (artifact.ModelLayout: fingerprint, dtype, per-layer
+KV shapes, context window, vocabulary), so a well-formed blob that does not fit the model (a hostile
+or broken pack) is refused before any of it is spliced. The registry and store are duck-typed (their
+find/list and local_path methods), so the runtime imports neither.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from skillforge import artifact
 from skillforge.errors import ArtifactMismatch, NotFound
@@ -34,11 +36,14 @@ def check_fingerprint(meta: artifact.ArtifactMeta, lm: LoadedModel, where: str) 
 class ArtifactLookup:
     """Resolves references for one model against one registry and store, through a hot cache."""
 
-    def __init__(self, lm: LoadedModel, registry: Any, store: Any, hot: HotCache):
+    def __init__(self, lm: LoadedModel, registry: Any, store: Any, hot: HotCache,
+                 layer_shapes: Callable[[], list[tuple[int, int, int]]]):
         self.lm = lm
         self.registry = registry
         self.store = store
         self.hot = hot
+        self._layer_shapes = layer_shapes  # (kv_heads, key_dim, value_dim) per layer, from the splice core
+        self._layout: artifact.ModelLayout | None = None
         self._anchors: dict[bool, str] = {}
         self._system_anchors: dict[tuple[str, str], str] = {}  # (system text, artifact digest) -> anchor digest
 
@@ -63,8 +68,7 @@ class ArtifactLookup:
         if hit is not None:
             return hit
         path = self.store.local_path(row.digest)  # verifies the digest
-        meta, kv = artifact.load(path)
-        check_fingerprint(meta, self.lm, row.digest)
+        meta, kv = artifact.load(path, expect=self.layout(), source=row.digest)
         device = self.lm.model.device
         # On a CPU the hot cache keeps the artifact's memory map (no copy: its pages stay mapped and in
         # the page cache, so the next hit reads memory); on an accelerator this copies the KV over.
@@ -72,6 +76,14 @@ class ArtifactLookup:
         resolved = Resolved(meta, kv, row.digest)
         self.hot.put(row.digest, resolved, sum(k.nbytes + v.nbytes for k, v in kv))
         return resolved
+
+    def layout(self) -> artifact.ModelLayout:
+        """What an artifact for this model must look like (built once, on the first load)."""
+        if self._layout is None:
+            self._layout = artifact.ModelLayout(
+                fingerprint=self.lm.fingerprint.digest, dtype=self.lm.dtype, layers=tuple(self._layer_shapes()),
+                max_positions=self.lm.max_positions, vocab_size=self.lm.model.get_input_embeddings().num_embeddings)
+        return self._layout
 
     def _behind_system(self, row: Any, system: str) -> Any:
         """The same skill version compiled behind `system`, if the registry has it, else `row`. One
