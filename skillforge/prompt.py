@@ -3,8 +3,9 @@ where each skill's tokens land in the real prompt.
 
 Layout: the prompt is exactly what a plain transformers user gets from `apply_chat_template` on the
 messages (system = system text, then each skill's text, then any errata, joined by a blank line;
-user = the user text), or for a `raw` prompt (no template) those texts and the user text joined by a
-blank line after the tokenizer's prefix. Pieces tokenized separately do not give the same tokens (the
+then the earlier turns of a multi-turn history, as they are; then user = the user text), or for a
+`raw` prompt (no template) those texts, the history's texts and the user text joined by a blank line
+after the tokenizer's prefix. Everything after the skills and errata is computed, never reused. Pieces tokenized separately do not give the same tokens (the
 demo model tokenizes `"\\n\\nYou"` differently in context), so the whole rendered prompt is tokenized
 once, each skill's character span is located, and the skill's artifact tokens are aligned with the
 context tokens inside that span: matched tokens are reused from the artifact, everything else is
@@ -67,19 +68,35 @@ def system_content(system: str, texts: list[str]) -> str:
     return "\n\n".join([t for t in [system, *texts] if t])
 
 
+HISTORY_ROLES = ("user", "assistant")
+
+
+def check_history(history: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Earlier turns of a conversation: {"role": "user" | "assistant", "content": text} each (BadInput otherwise)."""
+    if not isinstance(history, list):
+        raise BadInput("history must be a list of {'role', 'content'} turns")
+    for n, turn in enumerate(history):
+        if (not isinstance(turn, dict) or set(turn) != {"role", "content"} or turn["role"] not in HISTORY_ROLES
+                or not isinstance(turn["content"], str)):
+            raise BadInput(f"history turn {n} must be {{'role': 'user' or 'assistant', 'content': text}}, got {turn!r:.120}")
+    return history
+
+
 def build_prompt(tokenizer: Any, system: str, skill_texts: list[str], user: str, raw: bool = False,
-                 errata: list[str] | None = None) -> Prompt:
-    """Render and tokenize the prompt; locate every skill's text in it. Errata follow the skills."""
+                 errata: list[str] | None = None, history: list[dict[str, str]] | None = None) -> Prompt:
+    """Render and tokenize the prompt; locate every skill's text in it. Errata follow the skills; the
+    `history` turns (earlier user and assistant messages) follow the system message."""
     content = system_content(system, [*skill_texts, *(errata or [])])
+    turns = check_history(history or [])
     if raw:
-        text = "\n\n".join(t for t in [content, user] if t)
+        text = "\n\n".join(t for t in [content, *(h["content"] for h in turns), user] if t)
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         base = 0
     else:
         if not getattr(tokenizer, "chat_template", None):
             raise BadInput("this model's tokenizer has no chat template (a base model): use a raw prompt "
                            "(--raw, Context(raw=True)), which joins the texts by blank lines after the tokenizer's prefix")
-        messages = ([{"role": "system", "content": content}] if content else []) + [{"role": "user", "content": user}]
+        messages = ([{"role": "system", "content": content}] if content else []) + turns + [{"role": "user", "content": user}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         base = text.find(content) if content else 0

@@ -197,3 +197,33 @@ def test_bad_repair_spec_is_refused_with_the_choices(spec):
     with pytest.raises(BadReference, match="invalid --repair") as err:
         Repair.parse(None, spec)
     assert spec in str(err.value)
+
+
+def test_multi_turn_history_is_computed_after_the_skills_and_matches_a_full_prefill(compiled):
+    """Earlier user/assistant turns sit between the skills and the last user turn, tokenized exactly as
+    apply_chat_template does; the skill behind its anchor stays reused and the splice stays exact."""
+    lm, registry, store = compiled
+    rt = Runtime(lm, registry, store)
+    history = [{"role": "user", "content": "Hi there."}, {"role": "assistant", "content": "Arr, ahoy matey!"}]
+    result = rt.splice(Context(skills=["pirate-voice"], history=history, user="And what now?"))
+    messages = [{"role": "system", "content": result.prompt.text.split("<|im_start|>system\n", 1)[1].split("<|im_end|>")[0]},
+                *history, {"role": "user", "content": "And what now?"}]
+    ids = lm.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    assert result.prompt.ids == ids
+    skill_end = max(result.prompt.tokens_within(*result.prompt.skill_spans[0]))
+    assert "Arr, ahoy matey!" in result.prompt.text[result.prompt.offsets[skill_end][1]:]
+    skill_start = min(result.prompt.tokens_within(*result.prompt.skill_spans[0]))
+    # the template's prefix and everything after the skill are computed; the skill itself is reused whole
+    expected = [*range(skill_start), *range(skill_end + 1, len(ids))]
+    assert result.computed_positions.tolist() == expected and result.repaired == 0
+    with torch.no_grad():
+        full = lm.model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1]
+    assert torch.allclose(rt.next_logits(result), full, atol=1e-4)
+
+
+def test_history_turns_must_be_user_or_assistant_messages(compiled):
+    lm, registry, store = compiled
+    rt = Runtime(lm, registry, store)
+    with pytest.raises(BadInput, match="history turn 0"):
+        rt.splice(Context(skills=["pirate-voice"], history=[{"role": "system", "content": "x"}], user="Hi"))

@@ -88,13 +88,16 @@ class SkillSource:
         return resolved
 
 
-def reference_ids(lm: LoadedModel, system: str, texts: list[str], user: str, raw: bool) -> list[int]:
+def reference_ids(lm: LoadedModel, system: str, texts: list[str], user: str, raw: bool,
+                  history: list[dict[str, str]] | None = None) -> list[int]:
     """The prompt a plain transformers user would build (layout contract), tokenized by transformers."""
     tok = lm.tokenizer
     content = "\n\n".join([t for t in [system, *texts] if t])  # written out: this checks skillforge.prompt
+    turns = list(history or [])
     if raw:
-        return list(tok("\n\n".join(t for t in [content, user] if t), add_special_tokens=True)["input_ids"])
-    messages = ([{"role": "system", "content": content}] if content else []) + [{"role": "user", "content": user}]
+        return list(tok("\n\n".join(t for t in [content, *(h["content"] for h in turns), user] if t),
+                        add_special_tokens=True)["input_ids"])
+    messages = ([{"role": "system", "content": content}] if content else []) + turns + [{"role": "user", "content": user}]
     out = tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     ids = out["input_ids"] if hasattr(out, "keys") else out
     if ids and isinstance(ids[0], list):
@@ -140,7 +143,7 @@ def splice_arm(rt: Runtime, skills: SkillSource, case: Case, repair: Repair, rot
                new_tokens: int = GREEDY_TOKENS) -> tuple[SpliceResult, torch.Tensor, list[int], float]:
     """Resolve (hot) + splice + next_logits, timed -> (result, logits, greedy continuation, TTFT ms)."""
     ctx = Context(skills=list(case.skills), system=case.system, user=case.user, raw=case.raw,
-                  set=dict(case.set) if with_set else {})
+                  set=dict(case.set) if with_set else {}, history=list(case.history))
     t0 = time.perf_counter()
     resolved = [skills.get(s) for s in case.skills]
     result = rt.splice(ctx, skills=resolved, repair=repair, rotate=rotate, edit_mode=edit_mode,

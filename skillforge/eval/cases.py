@@ -1,4 +1,5 @@
-"""Eval case files: JSON Lines, one case per line (id, skills, user; optionally system, set, raw, note),
+"""Eval case files: JSON Lines, one case per line (id, skills, user; optionally system, set, raw, note,
+history: earlier {"role", "content"} turns between the skills and the user turn),
 validated with the file and line named in every error."""
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from skillforge.errors import BadInput, NotFound
+from skillforge.prompt import check_history
 
-CASE_KEYS = ("id", "skills", "system", "user", "set", "raw", "note")
+CASE_KEYS = ("id", "skills", "system", "user", "set", "raw", "note", "history")
 
 
 class CaseError(BadInput):
@@ -26,6 +28,7 @@ class Case:
     set: dict[str, str] = field(default_factory=dict)
     raw: bool = False
     note: str = ""
+    history: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "case") -> "Case":
@@ -50,6 +53,10 @@ class Case:
         assignments = data.get("set", {})
         if not isinstance(assignments, dict) or not all(isinstance(v, str) for v in assignments.values()):
             raise CaseError(f"{where}: 'set' must map \"skill.field\" to a string value")
+        try:
+            history = check_history(data.get("history", []))
+        except BadInput as exc:
+            raise CaseError(f"{where}: {exc}") from None
         names = [s.split("@", 1)[0] for s in skills]
         for key in assignments:
             skill, dot, fname = key.partition(".")
@@ -58,7 +65,7 @@ class Case:
             if skill not in names:
                 raise CaseError(f"{where}: 'set' names skill {skill!r}, which is not in this case's skills ({', '.join(names)})")
         return cls(id=cid, skills=list(skills), user=user, system=data.get("system", ""), set=dict(assignments),
-                   raw=data.get("raw", False), note=data.get("note", ""))
+                   raw=data.get("raw", False), note=data.get("note", ""), history=list(history))
 
 
 def parse_cases(lines: Iterable[str], source: str = "cases") -> list[Case]:

@@ -48,7 +48,7 @@ def _plain_case(lm: LoadedModel, rt: Runtime, skills: SkillSource, case: Case, r
                 memo: EvalMemo) -> dict:
     result, s_logits, s_tokens, s_ttft = splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=False)
     texts = [skills.get(s).meta.text for s in case.skills]
-    ids = reference_ids(lm, case.system, texts, case.user, case.raw)
+    ids = reference_ids(lm, case.system, texts, case.user, case.raw, case.history)
     if ids != result.prompt.ids:
         raise AssertionError(f"case {case.id}: the spliced prompt's tokens differ from transformers' own tokenization "
                              f"({len(result.prompt.ids)} vs {len(ids)} tokens)")
@@ -78,7 +78,7 @@ def _edit_case(lm: LoadedModel, rt: Runtime, skills: SkillSource, case: Case, re
             edited_tokens += len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])  # the skill as edited
         else:
             texts.append(r.meta.text)
-    full = full_arm(lm, reference_ids(lm, case.system, texts, case.user, case.raw), memo)
+    full = full_arm(lm, reference_ids(lm, case.system, texts, case.user, case.raw, case.history), memo)
     oracle = splice_arm(rt, skills, case, repair, rotate, "recompute", with_set=True)
     result, m_logits, m_tokens, m_ttft = (oracle if edit_mode == "recompute" else
                                           splice_arm(rt, skills, case, repair, rotate, edit_mode, with_set=True))

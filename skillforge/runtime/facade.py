@@ -40,6 +40,8 @@ class Context:
     user: str = ""
     raw: bool = False
     set: dict[str, str] = field(default_factory=dict)  # "skill.field" -> value
+    # earlier turns between the skills and `user`: [{"role": "user" | "assistant", "content": ...}, ...]
+    history: list[dict[str, str]] = field(default_factory=list)
 
 
 class Runtime:
@@ -81,7 +83,8 @@ class Runtime:
         for r in resolved:
             check_fingerprint(r.meta, self.lm, r.digest or "artifact")
         edit = plan_edits(self.lm, resolved, context.set, edit_mode, self.erratum)
-        prompt = build_prompt(self.lm.tokenizer, context.system, edit.texts, context.user, context.raw, edit.errata)
+        prompt = build_prompt(self.lm.tokenizer, context.system, edit.texts, context.user, context.raw, edit.errata,
+                              context.history)
         result, uncovered = self.core.assemble(prompt, edit.skills, repair, rotate, extra_capacity)
         result.edits = count_edit_tokens(edit, prompt, uncovered)
         result.splice_ms = (time.perf_counter() - t0) * 1000
