@@ -67,7 +67,7 @@ def format_eval(doc: dict) -> str:
     edits = [r for r in doc["per_case"] if "set" in r]
     out = []
     if plain:
-        rows = [{"id": r["id"], "skills": "+".join(s.split("@")[0] for s in r["skills"]), "tokens": r["prompt_tokens"],
+        rows = [{"id": r["id"], "kind": r.get("kind", "-"), "skills": "+".join(s.split("@")[0] for s in r["skills"]), "tokens": r["prompt_tokens"],
                  "reused": r["reused"], "cos": f"{r['logit_cosine']:.4f}", "kl": f"{r['kl']:.4f}", "top1": "y" if r["top1"] else "n",
                  "g16": _g16(r), "full_ms": f"{r['ttft_full_ms']:.0f}",
                  "splice_ms": f"{r['ttft_splice_ms']:.0f}"} for r in plain]
@@ -81,6 +81,13 @@ def format_eval(doc: dict) -> str:
         out.append(f"reused {f(doc['reused_fraction'], 3)} of prompt tokens  skill tokens recomputed "
                    f"{f(doc['skill_recompute_fraction'], 3)}  ttft median full {f(doc['ttft_full_ms_median'], 1)} ms "
                    f"splice {f(doc['ttft_splice_ms_median'], 1)} ms")
+        kinds = doc.get("by_kind", {})
+        if kinds and (len(kinds) > 1 or "-" not in kinds):  # cases tagged with a kind (evals/corpus)
+            out.append("")
+            out.append(table([{"kind": k, "cases": g["cases"], "top1": f(g["top1_agreement"], 3),
+                               "greedy16": f(g["greedy16_match"], 3), "kl_mean": f(g["kl_mean"]), "kl_max": f(g["kl_max"]),
+                               "recomputed": f(g["skill_recompute_fraction"], 3)} for k, g in kinds.items()],
+                             ["kind", "cases", "top1", "greedy16", "kl_mean", "kl_max", "recomputed"]))
     if edits:
         if out:
             out.append("")

@@ -40,6 +40,29 @@ BASELINES = ("no-rotation", "plain")
 Progress = Callable[[str], None] | None
 
 
+def case_kind(case: Case) -> str:
+    """The case's kind from its note ("kind=lone-system ..." -> "lone-system"), "-" without one: the
+    corpus tags each context with its shape, and splice error differs by shape far more than by case."""
+    for word in case.note.split():
+        key, eq, value = word.partition("=")
+        if key == "kind" and eq and value:
+            return value
+    return "-"
+
+
+def by_kind(rows: list[dict]) -> dict[str, dict]:
+    """Plain rows grouped by kind -> the headline aggregates per kind (sorted by kind), so one shape of
+    context that fails cannot hide behind an average over the others."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["kind"], []).append(r)
+    return {k: {"cases": len(g), "top1_agreement": mean([float(r["top1"]) for r in g]),
+                "greedy16_match": mean([float(r["greedy16_match"]) for r in g]),
+                "kl_mean": mean([r["kl"] for r in g]), "kl_max": max(r["kl"] for r in g),
+                "skill_recompute_fraction": ratio(g, "repaired", "skill_tokens")}
+            for k, g in sorted(groups.items())}
+
+
 def _decode(lm: LoadedModel, tokens: list[int]) -> str:
     return lm.tokenizer.decode(tokens, skip_special_tokens=True)
 
@@ -56,7 +79,7 @@ def _plain_case(lm: LoadedModel, rt: Runtime, skills: SkillSource, case: Case, r
     f_logits = full.logits
     diverged = divergence(full, s_tokens)
     return {
-        "id": case.id, "skills": case.skills, "prompt_tokens": len(ids), "reused": result.reused,
+        "id": case.id, "kind": case_kind(case), "skills": case.skills, "prompt_tokens": len(ids), "reused": result.reused,
         "computed": result.computed, "repaired": result.repaired, "skill_tokens": result.skill_tokens,
         "logit_cosine": round(logit_cosine(f_logits, s_logits), 6), "kl": kl(f_logits, s_logits),
         "top1": top1(f_logits, s_logits), "greedy16_match": diverged is None, "greedy16_divergence": diverged,
@@ -97,7 +120,7 @@ def _edit_case(lm: LoadedModel, rt: Runtime, skills: SkillSource, case: Case, re
     words = {k: first_word(_decode(lm, t)) for k, t in (("oracle", o_tokens), ("mode", m_tokens), ("stale", st_tokens))}
     decision = gated_decision(lm, words, {"oracle": o_logits, "mode": m_logits, "stale": st_logits})
     return {
-        "id": case.id, "skills": case.skills, "set": case.set,
+        "id": case.id, "kind": case_kind(case), "skills": case.skills, "set": case.set,
         "mode": ",".join(sorted({str(e.get("mode")) for e in result.edits})) or edit_mode,
         "kl_mode": kl_mode, "kl_stale": kl_stale, "recovery": recovery(kl_mode, kl_stale), "kl_full": kl(full.logits, m_logits),
         "top1": top1(o_logits, m_logits), "top1_stale": top1(o_logits, st_logits),
@@ -184,6 +207,7 @@ def run_eval(lm: LoadedModel, cases: list[Case] | list[dict], repair: Repair | N
         "skill_recompute_fraction": ratio(p, "repaired", "skill_tokens"),
         "ttft_full_ms_median": median([r["ttft_full_ms"] for r in p]),
         "ttft_splice_ms_median": median([r["ttft_splice_ms"] for r in p]),
+        "by_kind": by_kind(p),
     }
     e = edit_rows
     doc["edits"] = {
