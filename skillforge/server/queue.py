@@ -1,11 +1,13 @@
 """One model, many clients: a bounded queue in front of one worker thread that runs every model call.
 
 The event loop never touches torch; it submits a Task and waits for the events the task posts. The
-worker interleaves requests step by step instead of running each to its end: every round it starts
-at most one waiting request (its splice or prefill and first token) and then advances every active
-one by one token. A new request therefore waits for splices and single tokens, not for whole
-answers, which is what keeps time to first token low with many clients, and every request's tokens
-are the ones it gets alone (each has its own cache; nothing is shared between them but the model).
+worker interleaves requests step by step instead of running each to its end. Every round it first
+starts every waiting request there is a free slot for (its splice or prefill and first token,
+looking at the queue again after each), then advances every active request by one token. Prefill
+comes first, as in vLLM's scheduler: a new request waits only for the splices ahead of it, never for
+other answers' tokens, which is what keeps time to first token low with many clients; the slots
+bound how long decoding can be held up. Every request's tokens are the ones it gets alone (each has
+its own cache; nothing is shared between them but the model).
 
 Bounded twice: at most `max_active` requests hold a cache at once, and at most `max_queue` wait
 behind them; one more is refused (ServerBusy, HTTP 503). A task that is cancelled (its client went
@@ -97,14 +99,21 @@ class Scheduler:
                     self._cond.wait()
                 if not self._waiting and not self._active:
                     return  # closing, and nothing left
-                new = self._waiting.popleft() if self._waiting and len(self._active) < self.max_active else None
-                if new is not None:
-                    self._active.append(new)  # holds its slot from the start of its prefill
-            if new is not None and not self._advance(new, new.start):
-                self._active.remove(new)
+            while (new := self._admit()) is not None:  # prefill first, re-checking the queue after each
+                if not self._advance(new, new.start):
+                    self._active.remove(new)
             for task in list(self._active):
                 if not self._advance(task, task.step):
                     self._active.remove(task)
+
+    def _admit(self) -> Task | None:
+        """The next waiting task if a slot is free; it holds the slot from the start of its prefill."""
+        with self._cond:
+            if not self._waiting or len(self._active) >= self.max_active:
+                return None
+            task = self._waiting.popleft()
+            self._active.append(task)
+            return task
 
     def _advance(self, task: Task, call: Callable[[], bool]) -> bool:
         """One start or step; True while the task goes on, else it is closed (its cache released).
