@@ -1,15 +1,16 @@
 """Compile manifests into the registry: skip what exists, write each artifact atomically, index it.
 
 Kept apart from compile.py (pure model work) and the store/registry (no torch): this is the glue the
-CLI and the Python API share. An interrupted compile leaves at most an unreferenced temp file or blob
-(never a half-written visible one, never an index row without its blob); `skillforge gc` sweeps it.
+CLI and the Python API share. The artifact is written to a staging file inside the data home
+(`<home>/blobs/tmp/`, never $TMPDIR), so a killed compile leaves at most a staging file or an
+unreferenced blob (never a half-written visible one, never an index row without its blob); the next
+compile and `skillforge gc` sweep stale staging files. Of concurrent compiles of the same skill one
+indexes its artifact; the others report that winner and delete their own blob.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from skillforge import artifact
@@ -17,6 +18,7 @@ from skillforge.compile import compile_skill
 from skillforge.manifest import Manifest
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import check_anchor, resolve_anchor, system_anchor
+from skillforge.store.crashpoint import crash_point
 
 
 @dataclass
@@ -41,6 +43,7 @@ def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any,
     if system and check_anchor(anchor) != "template":
         raise BadReference("--system goes with the template anchor: a raw prompt has no system message to compile behind")
     anchor_ids = resolve_anchor(lm.tokenizer, anchor)
+    store.clean_staging()
     outcomes = []
     for m in manifests:
         rendered = m.render()
@@ -53,17 +56,15 @@ def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any,
             outcome = CompileOutcome(m.name, m.version, row.digest, row.tokens, row.bytes, False)
         except NotFound:
             meta, kv = compile_skill(lm, m, anchor=anchor_ids)
-            staging = Path(tempfile.mkdtemp(prefix="skillforge-compile-"))
-            try:
-                path = staging / "artifact.safetensors"
+            with store.staging(".safetensors") as path:
                 artifact.save(path, meta, kv)
-                digest, size = store.put_file(path)
-            finally:
-                for p in staging.iterdir():
-                    p.unlink()
-                staging.rmdir()
-            registry.record_artifact(meta, digest, size)
-            outcome = CompileOutcome(m.name, m.version, digest, meta.tokens, size, True)
+                crash_point("compile:saved")
+                digest, size = store.put_staged(path)
+            crash_point("compile:stored")
+            row, added = registry.add_artifact(meta, digest, size)
+            if row.digest != digest:  # another compile of the same skill indexed first: report that one
+                registry.release(store, digest)
+            outcome = CompileOutcome(m.name, m.version, row.digest, row.tokens, row.bytes, added)
         outcomes.append(outcome)
         if on_done:
             on_done(outcome)
