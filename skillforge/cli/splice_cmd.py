@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
                system: str = typer.Option("", "--system", help="system text, placed before the skills"),
                user: str = typer.Option(..., "--user", help="the user message"),
                model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-               max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+               max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
                seam: int = SeamOpt,
                repair: str = RepairOpt,
                set_: list[str] = typer.Option([], "--set", help="skill.field=value (repeatable)"),
@@ -22,15 +22,18 @@ def register(app: typer.Typer) -> None:
                raw: bool = typer.Option(False, "--raw", help="no chat template (base models)"),
                as_json: bool = JsonOpt) -> None:
         """Splice compiled skills into a new context and generate."""
-        from skillforge.refs import parse_field_assignment
+        from skillforge.refs import SkillRef, parse_field_assignment
         from skillforge.runtime import Context, Repair, Runtime
 
+        for ref in skill:  # bad input is refused before the model loads (seconds)
+            SkillRef.parse(ref)
+        repair_spec = Repair.parse(seam, repair)
         assignments = {}
         for item in set_:
             skill_name, field, value = parse_field_assignment(item)
             assignments[f"{skill_name}.{field}"] = value
         lm = load(model, device, dtype)
-        rt = Runtime(lm, open_registry(), open_store(), repair=Repair.parse(seam, repair), erratum=erratum)
+        rt = Runtime(lm, open_registry(), open_store(), repair=repair_spec, erratum=erratum)
         ctx = Context(skills=skill, system=system, user=user, raw=raw, set=assignments)
         result = rt.splice(ctx, edit_mode=edit_mode, extra_capacity=max_new_tokens + 1)
         tokens, ttft = rt.generate(result, max_new_tokens)
