@@ -1,5 +1,6 @@
 """Eval case files: JSON Lines, one case per line (id, skills, user; optionally system, set, raw, note,
-history: earlier {"role", "content"} turns between the skills and the user turn),
+history: earlier {"role", "content"} turns between the skills and the user turn, expect: with `set`, a
+string the answer must contain, for value-retrieval edits, see eval/values.py),
 validated with the file and line named in every error."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any, Iterable
 from skillforge.errors import BadInput, NotFound
 from skillforge.prompt import check_history
 
-CASE_KEYS = ("id", "skills", "system", "user", "set", "raw", "note", "history")
+CASE_KEYS = ("id", "skills", "system", "user", "set", "raw", "note", "history", "expect")
 
 
 class CaseError(BadInput):
@@ -29,6 +30,7 @@ class Case:
     raw: bool = False
     note: str = ""
     history: list[dict[str, str]] = field(default_factory=list)
+    expect: str = ""
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "case") -> "Case":
@@ -45,7 +47,7 @@ class Case:
             raise CaseError(f"{where}: 'id' must be a non-empty string")
         if not isinstance(skills, list) or not skills or not all(isinstance(s, str) and s for s in skills):
             raise CaseError(f"{where}: 'skills' must be a non-empty list of skill references")
-        for key in ("user", "system", "note"):
+        for key in ("user", "system", "note", "expect"):
             if key in data and not isinstance(data[key], str):
                 raise CaseError(f"{where}: {key!r} must be a string")
         if not isinstance(data.get("raw", False), bool):
@@ -57,6 +59,8 @@ class Case:
             history = check_history(data.get("history", []))
         except BadInput as exc:
             raise CaseError(f"{where}: {exc}") from None
+        if data.get("expect") is not None and not assignments:
+            raise CaseError(f"{where}: 'expect' checks the value an edit sets; add 'set'")
         names = [s.split("@", 1)[0] for s in skills]
         for key in assignments:
             skill, dot, fname = key.partition(".")
@@ -65,7 +69,8 @@ class Case:
             if skill not in names:
                 raise CaseError(f"{where}: 'set' names skill {skill!r}, which is not in this case's skills ({', '.join(names)})")
         return cls(id=cid, skills=list(skills), user=user, system=data.get("system", ""), set=dict(assignments),
-                   raw=data.get("raw", False), note=data.get("note", ""), history=list(history))
+                   raw=data.get("raw", False), note=data.get("note", ""), history=list(history),
+                   expect=data.get("expect", ""))
 
 
 def parse_cases(lines: Iterable[str], source: str = "cases") -> list[Case]:

@@ -30,6 +30,7 @@ from skillforge.errors import BadInput, EditError
 from skillforge.eval.arms import EvalMemo, SkillSource, divergence, full_arm, manifest_of, reference_ids, splice_arm
 from skillforge.eval.cases import Case
 from skillforge.eval.metrics import answer_logits, first_word, kl, logit_cosine, mean, median, ratio, recovery, top1, word_token_ids
+from skillforge.eval.values import value_check, value_summary
 from skillforge.manifest import Manifest, discover
 from skillforge.model.loader import LoadedModel
 from skillforge.runtime import Repair, Runtime
@@ -131,6 +132,10 @@ def _edit_case(lm: LoadedModel, rt: Runtime, skills: SkillSource, case: Case, re
         "computed_fraction": computed / edited_tokens if edited_tokens else 0.0,
         "ttft_splice_ms": round(m_ttft, 2),
         "text_oracle": _decode(lm, o_tokens), "text_mode": _decode(lm, m_tokens), "text_stale": _decode(lm, st_tokens),
+        # value-retrieval cases: does each answer carry the new value, or the compiled one (eval/values.py)
+        "value": value_check(case.expect, [r.meta.field_values.get(k, "") for r in base for k in grouped.get(r.meta.skill, {})],
+                             {"oracle": _decode(lm, o_tokens), "mode": _decode(lm, m_tokens), "stale": _decode(lm, st_tokens)})
+        if case.expect else None,
     }
 
 
@@ -226,6 +231,7 @@ def run_eval(lm: LoadedModel, cases: list[Case] | list[dict], repair: Repair | N
         "gated_first_word_agreement": mean([float(r["first_word_agreement"]) for r in e if r["oracle_flips"]]),
         "gated_recovery_mean": mean([r["recovery"] for r in e if r["oracle_flips"]]),
         "decision_recovery_mean": mean([r["decision"]["recovery"] for r in e if r["decision"]]),
+        **value_summary(e),
         "skipped": len(skipped),
     }
     doc["per_case"] = plain_rows + edit_rows
