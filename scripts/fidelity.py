@@ -1,0 +1,157 @@
+"""Splice fidelity per kind of context, for several repair selectors side by side (issue 16).
+
+    python scripts/fidelity.py --model smollm2-135m --cases evals/corpus/dev.jsonl evals/corpus/dev-multiturn.jsonl \
+        --variants default,fill10,oracle10 [--no-long] [--sample 36 --seed 0] [--json out.json]
+
+Every variant runs the same cases through `run_eval` with one shared EvalMemo (the full-prefill
+references are computed once). A variant is a selector that replaces the runtime's repair choice
+(skillforge.runtime.repair.select_repair) for the run, so selectors can be compared before one becomes
+the default:
+  default     today's Repair() (whatever repair.py's default is)
+  seam16      the first 16 tokens of every skill that follows unseen text, nothing more
+  fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
+  oracleR     seam 16, then the tokens whose K/V (all layers) deviate most from a full prefill, until R:
+              an upper bound for any selector at that budget (REFERENCE.md's cheap check)
+  oraclenosR  the same oracle, no seam: R of the skill tokens by deviation alone
+Subsets: --no-long drops cases with the three long skills (over 2,000 tokens); --sample N draws N
+cases stratified by kind with --seed. The subset is printed with the results, by case id.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from skillforge.eval import EvalMemo, load_cases, run_eval
+from skillforge.eval.run import case_kind
+from skillforge.model.forward import prefill
+from skillforge.model.loader import load_model
+from skillforge.runtime import Repair, repair as repair_mod, splice as splice_mod
+
+LONG = {"employee-handbook", "payments-api", "product-catalog"}
+Selector = Callable[..., set[int]]
+
+
+def _seam_and_candidates(prompt: Any, resolved: list, reuse: list, seam: int) -> tuple[set[int], list[int]]:
+    chosen: set[int] = set()
+    candidates: list[int] = []
+    for i, blocks in reuse:
+        if repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) == 0:
+            continue
+        positions = [c + k for _, c, n in blocks for k in range(n)]
+        chosen.update(positions[:seam])
+        candidates.extend(positions[seam:])
+    return chosen, candidates
+
+
+def fill(ratio: float, oracle: bool, seam: int = 16) -> Selector:
+    """Seam, then the best candidates by the probe (or the oracle) until `ratio` of the skill tokens."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
+        chosen, candidates = _seam_and_candidates(prompt, resolved, reuse, seam)
+        skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
+        budget = min(round(ratio * skill_tokens) - len(chosen), len(candidates))
+        if budget <= 0 or not candidates:
+            return chosen
+        if oracle:
+            chosen.update(_oracle(model, prompt, candidates, cache, budget))
+        else:
+            chosen.update(repair_mod._deviating(model, repair.probe_layer, prompt, candidates, cache, budget))
+        return chosen
+    return select
+
+
+@torch.no_grad()
+def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: int) -> list[int]:
+    """Top `budget` candidates by relative K and V deviation from a full prefill, summed over layers."""
+    kv = prefill(model, prompt.ids)
+    idx = torch.tensor(candidates)
+    score = torch.zeros(len(candidates))
+    for layer, (k, v) in enumerate(kv):
+        ck = cache.layers[layer].keys[0][:, idx].float().cpu()
+        cv = cache.layers[layer].values[0][:, idx].float().cpu()
+        k, v = k[:, idx].float().cpu(), v[:, idx].float().cpu()
+        score += ((k - ck).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).sum(0)
+        score += ((v - cv).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).sum(0)
+    return idx[score.topk(budget).indices].tolist()
+
+
+def variant(name: str) -> tuple[Repair, Selector | None]:
+    if name == "default":
+        return Repair(), None
+    if name == "seam16":
+        return Repair(blend=0.0), None
+    m = re.fullmatch(r"(fill|oracle|oraclenos)(\d+)", name)
+    if not m:
+        raise SystemExit(f"unknown variant {name!r}")
+    ratio = int(m.group(2)) / 100
+    return Repair(), fill(ratio, oracle=m.group(1) != "fill", seam=0 if m.group(1) == "oraclenos" else 16)
+
+
+@contextmanager
+def selector(select: Selector | None) -> Iterator[None]:
+    if select is None:
+        yield
+        return
+    original = splice_mod.select_repair
+    splice_mod.select_repair = select
+    try:
+        yield
+    finally:
+        splice_mod.select_repair = original
+
+
+def subset(cases: list, no_long: bool, sample: int | None, seed: int) -> list:
+    if no_long:
+        cases = [c for c in cases if not LONG & {s.split("@")[0] for s in c.skills}]
+    if sample:
+        rng = random.Random(seed)
+        kinds: dict[str, list] = {}
+        for c in cases:
+            kinds.setdefault(case_kind(c), []).append(c)
+        share = {k: max(1, round(sample * len(v) / len(cases))) for k, v in kinds.items()}
+        cases = [c for k, v in sorted(kinds.items()) for c in sorted(rng.sample(v, min(share[k], len(v))), key=lambda c: c.id)]
+    return cases
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--cases", nargs="+", required=True)
+    ap.add_argument("--skills", default="evals/corpus/skills")
+    ap.add_argument("--variants", default="default")
+    ap.add_argument("--no-long", action="store_true")
+    ap.add_argument("--sample", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    cases = subset([c for f in args.cases for c in load_cases(f)], args.no_long, args.sample, args.seed)
+    print(f"{len(cases)} cases: {' '.join(c.id for c in cases)}", file=sys.stderr, flush=True)
+    lm = load_model(args.model)
+    memo = EvalMemo()
+    out: dict[str, Any] = {"model": args.model, "cases": [c.id for c in cases], "variants": {}}
+    for name in args.variants.split(","):
+        rep, select = variant(name)
+        with selector(select):
+            doc = run_eval(lm, cases, repair=rep, skills=args.skills, memo=memo,
+                           progress=lambda s: print(s, file=sys.stderr, flush=True))
+        out["variants"][name] = doc
+        print(f"\n== {name}: top1 {doc['top1_agreement']:.3f} greedy16 {doc['greedy16_match']:.3f} kl {doc['kl_mean']:.4f} "
+              f"max {doc['kl_max']:.4f} recomputed {doc['skill_recompute_fraction']:.3f}", flush=True)
+        for k, g in doc["by_kind"].items():
+            print(f"   {k:12s} n={g['cases']:3d} top1 {g['top1_agreement']:.3f} g16 {g['greedy16_match']:.3f} "
+                  f"kl {g['kl_mean']:.4f} max {g['kl_max']:.4f} rec {g['skill_recompute_fraction'] or 0:.3f}", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
