@@ -135,13 +135,18 @@ def align(artifact_ids: list[int], context_ids: list[int]) -> list[Block]:
     return blocks
 
 
+def raw_prefix(tokenizer: Any) -> list[int]:
+    """Token ids a raw prompt starts with: the tokenizer's own prefix (BOS for gemma, none for SmolLM2)."""
+    return list(tokenizer("", add_special_tokens=True)["input_ids"])
+
+
 def template_anchor(tokenizer: Any) -> list[int]:
-    """Token ids a chat prompt has before the system message's content (the tokenizer prefix without a template)."""
+    """Token ids a chat prompt has before the system message's content (the raw prefix without a template)."""
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "system", "content": _SENTINEL}], tokenize=False)
         prefix = text[: text.index(_SENTINEL)]
         return tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    return tokenizer("", add_special_tokens=True)["input_ids"]
+    return raw_prefix(tokenizer)
 
 
 def check_anchor(anchor: str) -> str:
@@ -152,10 +157,11 @@ def check_anchor(anchor: str) -> str:
 
 
 def resolve_anchor(tokenizer: Any, anchor: str | list[int]) -> list[int]:
-    """`template` (default), `none`, or explicit token ids (to reproduce an artifact's anchor)."""
+    """`template` (default), `none` (what a raw prompt starts with: the tokenizer's prefix, so a skill
+    compiled so sits exactly where a raw prompt puts it), or explicit token ids (to reproduce an artifact's anchor)."""
     if isinstance(anchor, list):
         return anchor
-    return template_anchor(tokenizer) if check_anchor(anchor) == "template" else []
+    return template_anchor(tokenizer) if check_anchor(anchor) == "template" else raw_prefix(tokenizer)
 
 
 def system_anchor(tokenizer: Any, system: str, text: str) -> list[int]:

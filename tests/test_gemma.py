@@ -132,3 +132,12 @@ def test_greedy_generation_from_spliced_cache_equals_full_prefill(gemma_lm):
 def test_chat_prompt_on_a_base_model_says_to_use_raw(gemma_lm):
     with pytest.raises(BadInput, match="no chat template.*--raw"):
         Runtime(gemma_lm).splice(Context(skills=["short"], user=QUESTION), skills=[skill(gemma_lm, "short", SHORT)])
+
+
+def test_anchor_none_is_what_a_raw_prompt_starts_with(gemma_lm):
+    """A raw prompt starts with the tokenizer's prefix (BOS for gemma): `--anchor none` compiles behind
+    exactly that, so the lookup's raw anchor and the compiled one agree and the splice is exact."""
+    from skillforge.prompt import resolve_anchor
+
+    assert resolve_anchor(gemma_lm.tokenizer, "none") == [gemma_lm.tokenizer.bos_token_id]
+    assert raw_ids(gemma_lm, SHORT, QUESTION)[:1] == resolve_anchor(gemma_lm.tokenizer, "none")

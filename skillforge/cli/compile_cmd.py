@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command("compile")
     def compile_(path: Path = typer.Argument(..., help="a skill folder, its skill.toml, or a folder of skill folders"),
                  model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
-                 anchor: str = typer.Option("template", help="template (the chat template's system prefix) or none"),
+                 anchor: str = typer.Option("template", help="template (the chat template's system prefix) or none (what a raw prompt starts with)"),
                  system: str = typer.Option("", "--system", help="a deployment's fixed system text: compile behind it, so "
                                             "splices after exactly this system text need no repair"),
                  as_json: bool = JsonOpt) -> None:
