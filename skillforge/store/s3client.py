@@ -27,6 +27,10 @@ BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9._@+=-]{1,255}$")
 
 
+# S3 keys hold at most 1,024 bytes: the prefix, then up to ~210 bytes (name, version, 64-hex digest)
+MAX_PREFIX_BYTES = 512
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """`s3://bucket/some/prefix` -> ("bucket", "some/prefix"); refuses odd buckets and path tricks."""
     parts = urlsplit(url)
@@ -38,6 +42,9 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     if not BUCKET_RE.match(bucket) or ".." in bucket:
         raise BadReference(f"invalid bucket name {bucket!r} in {url!r}: use 3-63 lowercase letters, digits, '.' and '-'")
     prefix = parts.path.strip("/")
+    if len(prefix.encode()) > MAX_PREFIX_BYTES:
+        raise BadReference(f"the prefix in {url[:80]!r}... is {len(prefix.encode())} bytes; at most {MAX_PREFIX_BYTES} "
+                           "(keys add about 210 bytes to it and S3 keys end at 1,024)")
     if prefix:
         for segment in prefix.split("/"):
             if not _SEGMENT_RE.match(segment) or segment in (".", ".."):
