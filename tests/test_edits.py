@@ -7,6 +7,8 @@ import torch
 
 from skillforge.compile import compile_skill
 from skillforge.errors import EditError
+from skillforge.eval.cases import Case, CaseError
+from skillforge.eval.values import mentions, value_check, value_summary
 from skillforge.manifest import Manifest
 from skillforge.model.forward import prefill
 from skillforge.runtime import Context, Repair, Resolved, Runtime
@@ -198,3 +200,32 @@ def test_contrast_subtracts_the_erratum_line_from_field_plus_erratum(setup):
 def test_contrast_without_a_change_is_a_plain_splice(setup):
     result = splice(setup, "verified_admin", "contrast")
     assert result.guides == [] and result.edits == [] and "[STATE UPDATE]" not in result.prompt.text
+
+
+@pytest.mark.parametrize("text,value,found", [
+    ("15", "15", True), ("You get 15 days.", "15", True), ("150", "15", False), ("1.5 days", "15", False),
+    ("$0.75 per day", "0.75", True), ("$10.75", "0.75", False), ("Tarnside Gear", "tarnside gear", True),
+    ("imperial.", "imperial", True), ("imperially", "imperial", False), ("", "15", False),
+])
+def test_value_mentions_match_whole_tokens(text, value, found):
+    assert mentions(text, value) is found
+
+
+def test_value_check_counts_new_and_stale_per_arm():
+    row = value_check("15", ["25"], {"oracle": "15", "mode": "25 days, now 15", "stale": "25"})
+    assert (row["oracle_new"], row["oracle_stale"]) == (True, False)
+    assert (row["mode_new"], row["mode_stale"]) == (True, True)  # carrying both is counted as both
+    assert (row["stale_new"], row["stale_stale"]) == (False, True)
+    # a stale value inside the new one cannot be told apart, so it is not checked
+    assert value_check("Platform Security", ["Security"], {a: "Platform Security" for a in ("oracle", "mode", "stale")})["mode_stale"] is False
+    summary = value_summary([{"value": row}, {"value": None}])
+    assert summary["value_cases"] == 1 and summary["value_mode_new"] == 1.0 and summary["value_stale_new"] == 0.0
+
+
+def test_expect_needs_a_set_and_a_string():
+    base = {"id": "v", "skills": ["policy"], "user": "What is the role?"}
+    assert Case.from_dict({**base, "set": {"policy.role": "guest"}, "expect": "guest"}).expect == "guest"
+    with pytest.raises(CaseError, match="add 'set'"):
+        Case.from_dict({**base, "expect": "guest"})
+    with pytest.raises(CaseError, match="must be a string"):
+        Case.from_dict({**base, "set": {"policy.role": "guest"}, "expect": 15})

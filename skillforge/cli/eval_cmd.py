@@ -107,6 +107,10 @@ def format_eval(doc: dict) -> str:
             out.append(f"gated cases (the oracle's first word flips with the value) {ed['oracle_flips']}: first word "
                        f"{f(ed['gated_first_word_agreement'], 3)}  recovery {f(ed['gated_recovery_mean'], 3)}  "
                        f"decision recovery {f(ed['decision_recovery_mean'], 3)}")
+        if ed.get("value_cases"):
+            out.append(f"value cases {ed['value_cases']}: answers carrying the new value {f(ed['value_mode_new'], 3)} "
+                       f"(oracle {f(ed['value_oracle_new'], 3)}, stale {f(ed['value_stale_new'], 3)}), the compiled value "
+                       f"{f(ed['value_mode_stale'], 3)} (oracle {f(ed['value_oracle_stale'], 3)}, stale {f(ed['value_stale_stale'], 3)})")
     for s in doc.get("skipped", []):
         out.append(f"skipped {s['id']}: {s['error']}")
     return "\n".join(out)
