@@ -7,12 +7,43 @@ reused keys/values straight into their slots and computes all missing tokens in 
 append-only cache, so `model.generate(..., past_key_values=cache)` continues from it. Every layer keeps
 every token (sliding windows are enforced by the attention mask, never by dropping keys), which is
 what a cache built for splicing needs.
+
+A released cache remembers what it holds (`Contents`): which artifact blocks sit in which slots, and
+every slot written since (computed tokens, decoded tokens). A serving loop splices the same skills
+behind the same text again and again, so the next splice that takes it from the pool rewrites only
+the slots that changed instead of rotating and copying the whole skill again (runtime/splice.py).
 """
 
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
+
+BlockKey = tuple[str, int, int, int, bool]  # (artifact digest, artifact token, first slot, tokens, rotated)
+
+
+class Contents:
+    """What a cache's slots hold: artifact blocks written whole, and the slots written since.
+
+    `blocks` names KV by the artifact's digest (content-addressed, so equal digests are equal bytes);
+    `written` collects every slot any forward wrote after the blocks (SpliceLayer.update reports
+    them), so a block's slots minus `written` still hold exactly that artifact's KV."""
+
+    def __init__(self) -> None:
+        self.blocks: set[BlockKey] = set()
+        self.written: set[int] = set()
+        self.buffers: tuple[int, ...] = ()  # data pointers the blocks were written into
+
+    def record(self, blocks: set[BlockKey], buffers: tuple[int, ...]) -> None:
+        """The cache now holds exactly `blocks` (in the buffers at these addresses), nothing written since."""
+        self.blocks, self.written, self.buffers = blocks, set(), buffers
+
+    def stale(self, key: BlockKey, buffers: tuple[int, ...]) -> list[int] | None:
+        """Slots of block `key` that no longer hold its KV (sorted), or None if the block is not held."""
+        if key not in self.blocks or buffers != self.buffers:
+            return None
+        c, n = key[2], key[3]
+        return sorted(p for p in self.written if c <= p < c + n)
 
 
 class SpliceLayer(CacheLayerMixin):
@@ -29,6 +60,7 @@ class SpliceLayer(CacheLayerMixin):
         self.device = self.keys.device
         self.length = 0
         self.write_slots: torch.Tensor | None = None
+        self.contents: Contents | None = None  # set on one layer of a SpliceCache: every forward writes every layer
         self.is_initialized = True
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -49,10 +81,14 @@ class SpliceLayer(CacheLayerMixin):
         n = key_states.shape[-2]
         if self.write_slots is not None:
             slots = self.write_slots
+            if self.contents is not None:
+                self.contents.written.update(slots.tolist())
             self.keys.index_copy_(2, slots, key_states.to(self.keys.dtype))
             self.values.index_copy_(2, slots, value_states.to(self.values.dtype))
             return self.keys[:, :, : self.length], self.values[:, :, : self.length]
         self._grow(self.length + n)
+        if self.contents is not None:
+            self.contents.written.update(range(self.length, self.length + n))
         self.keys[:, :, self.length : self.length + n] = key_states
         self.values[:, :, self.length : self.length + n] = value_states
         self.length += n
@@ -80,6 +116,12 @@ class SpliceCache(Cache):
 
     def __init__(self, layers: list[SpliceLayer]):
         super().__init__(layers=layers)
+        self.contents = Contents()
+        layers[0].contents = self.contents
+
+    def buffers(self) -> tuple[int, ...]:
+        """Addresses of every layer's key and value buffers: a grown or replaced buffer no longer holds the blocks."""
+        return tuple(t.data_ptr() for l in self.layers for t in (l.keys, l.values))
 
     @classmethod
     def allocate(cls, shapes: list[tuple[int, int, int]], capacity: int, dtype: torch.dtype, device: str | torch.device,

@@ -37,7 +37,7 @@ class Resolved:
 
     meta: ArtifactMeta
     kv: KV
-    digest: str | None = None
+    digest: str | None = None  # names the KV's content: a pooled cache that holds this digest's blocks keeps them
 
 
 @dataclass
@@ -104,10 +104,22 @@ class Splicer:
                 reused[c : c + n] = True
             reuse.append((i, blocks))
             skill_tokens += len(pos)
-        # Assemble: rotate and write reused K/V straight into their slots.
+        # Assemble: rotate and write reused K/V straight into their slots, except where a pooled
+        # cache already holds that block from an earlier splice (only its since-written slots change).
+        buffers, held = cache.buffers(), set()
         for i, blocks in reuse:
+            r = skills[i]
             for a, c, n in blocks:
-                self._write_block(cache, skills[i].kv, skills[i].meta.offset + a, a, c, n, rotate)
+                src0 = r.meta.offset + a
+                key = (r.digest, a, c, n, rotate and src0 != c) if r.digest else None
+                stale = cache.contents.stale(key, buffers) if key else None
+                if stale is None:
+                    self._write_block(cache, r.kv, src0, a, c, n, rotate)
+                elif stale:
+                    self._write_block(cache, r.kv, src0, a, c, n, rotate, slots=torch.tensor(stale))
+                if key:
+                    held.add(key)
+        cache.contents.record(held, buffers)
         uncovered = ~reused
         chosen = select_repair(self.lm.model, repair, prompt, skills, reuse, cache) if rotate else set()
         for p in chosen:
@@ -152,22 +164,35 @@ class Splicer:
         finally:
             cache.scatter_next_update(None)
 
-    def _write_block(self, cache: SpliceCache, kv: KV, src0: int, a: int, c: int, n: int, rotate: bool) -> None:
-        """Write artifact tokens a..a+n (compiled at src0..) into slots c..c+n, rotating keys by the move."""
+    def _write_block(self, cache: SpliceCache, kv: KV, src0: int, a: int, c: int, n: int, rotate: bool,
+                     slots: torch.Tensor | None = None) -> None:
+        """Write artifact tokens a..a+n (compiled at src0..) into slots c..c+n, rotating keys by the move;
+        with `slots` (sorted, within c..c+n), only those slots."""
         device = cache.layers[0].keys.device
-        src = torch.arange(src0, src0 + n)
-        dst = torch.arange(c, c + n)
+        if slots is None:
+            src, dst, pick = torch.arange(src0, src0 + n), torch.arange(c, c + n), slice(a, a + n)
+        else:
+            src, dst = slots - c + src0, slots
+            pick = (slots - c + a).to(kv[0][0].device)
+            index = slots.to(device)
         moved = rotate and src0 != c
         trig: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         for layer, (k, v) in enumerate(kv):
             ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
+            keys = k[:, pick].to(device)
             if moved:
                 freq = self.rope.layers[layer].inv_freq
-                key = id(freq)
-                if key not in trig:
+                if id(freq) not in trig:
                     cos, sin = self.rope.angle_delta(layer, src, dst)
-                    trig[key] = (cos.to(device), sin.to(device))
-                self.rope.shift(layer, k[:, a : a + n].to(device), *trig[key], out=ck[:, c : c + n])
+                    trig[id(freq)] = (cos.to(device), sin.to(device))
+                if slots is None:  # rotated straight into the destination slots
+                    self.rope.shift(layer, keys, *trig[id(freq)], out=ck[:, c : c + n])
+                    cv[:, c : c + n] = v[:, pick]
+                    continue
+                keys = self.rope.shift(layer, keys, *trig[id(freq)])
+            if slots is None:
+                ck[:, c : c + n] = keys
+                cv[:, c : c + n] = v[:, pick]
             else:
-                ck[:, c : c + n] = k[:, a : a + n]
-            cv[:, c : c + n] = v[:, a : a + n]
+                ck.index_copy_(1, index, keys.to(ck.dtype))
+                cv.index_copy_(1, index, v[:, pick].to(device, cv.dtype))

@@ -1,0 +1,97 @@
+"""A pooled cache that already holds a skill's blocks is reused without rewriting them, and every splice
+into it equals a splice into fresh memory, whatever ran in it before (decoding, other layouts, edits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from skillforge.build import compile_manifests
+from skillforge.manifest import discover
+from skillforge.registry import Registry
+from skillforge.runtime import Context, Runtime
+from skillforge.runtime.splice import Splicer
+from skillforge.store import LocalStore
+
+from tiny_models import build
+
+
+@pytest.fixture()
+def rt(home: Path, demo_tokenizer, skills_dir: Path) -> Runtime:
+    lm = build("llama", demo_tokenizer)
+    registry, store = Registry(), LocalStore(home)
+    manifests = [m for m in discover(skills_dir) if m.name in ("pirate-voice", "refund-desk")]
+    compile_manifests(lm, manifests, registry, store)
+    return Runtime(lm, registry, store)
+
+
+def fresh(rt: Runtime, ctx: Context, **kw) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """KV of every prompt token but the last, and the first logits, spliced into new memory."""
+    other = Runtime(rt.lm, rt.registry, rt.store, pool_bytes=0)
+    return snapshot(other.splice(ctx, **kw))
+
+
+def snapshot(result) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    n = result.input_ids.shape[1] - 1
+    kv = [(l.keys[0, :, :n].clone(), l.values[0, :, :n].clone()) for l in result.cache.layers]
+    return kv, result.logits.clone()
+
+
+def assert_same(got, expected) -> None:
+    (kv, logits), (kv_e, logits_e) = got, expected
+    assert len(kv) == len(kv_e)
+    for (k, v), (ke, ve) in zip(kv, kv_e):
+        assert torch.equal(k, ke) and torch.equal(v, ve)
+    assert torch.equal(logits, logits_e)
+
+
+def count_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Tokens written per _write_block call (slots given: their count, else the block length)."""
+    calls: list[int] = []
+    original = Splicer._write_block
+
+    def counting(self, cache, kv, src0, a, c, n, rotate, slots=None):
+        calls.append(n if slots is None else slots.numel())
+        return original(self, cache, kv, src0, a, c, n, rotate, slots=slots)
+
+    monkeypatch.setattr(Splicer, "_write_block", counting)
+    return calls
+
+
+def test_a_repeated_splice_rewrites_only_the_slots_computed_since(rt: Runtime, monkeypatch: pytest.MonkeyPatch):
+    ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
+    expected = fresh(rt, ctx)
+    first = rt.splice(ctx)
+    rt.generate(first, 4)  # decoding appends after the prompt
+    rt.release(first)
+    writes = count_writes(monkeypatch)
+    second = rt.splice(ctx)
+    assert_same(snapshot(second), expected)
+    skill_tokens = second.skill_tokens
+    assert writes and sum(writes) < skill_tokens / 2  # only the seam and repaired slots, not the whole skill
+    assert sum(writes) == second.repaired
+
+
+@pytest.mark.parametrize("between", [
+    Context(skills=["refund-desk"], system="A much longer system text, so the skill moves to other slots.", user="Hi"),
+    Context(skills=["pirate-voice"], system="Be brief.", user="Hello?"),
+    Context(skills=["refund-desk"], system="Be brief.", user="Hello?", set={"refund-desk.refund_window_days": "45"}),
+    Context(skills=["refund-desk"], system="Be brief.", user="Hello?", raw=True),
+])
+def test_a_splice_after_another_layout_equals_a_fresh_one(rt: Runtime, between: Context):
+    ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
+    expected = fresh(rt, ctx)
+    rt.release(rt.splice(ctx))
+    other = rt.splice(between)
+    rt.generate(other, 3)
+    rt.release(other)
+    assert_same(snapshot(rt.splice(ctx)), expected)
+
+
+def test_without_rotation_blocks_are_not_mistaken_for_rotated_ones(rt: Runtime):
+    ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
+    expected = fresh(rt, ctx)
+    rt.release(rt.splice(ctx, rotate=False))
+    assert_same(snapshot(rt.splice(ctx)), expected)
