@@ -144,6 +144,15 @@ def test_erratum_wording_is_configurable(setup):
     assert result.edits[0]["tokens_computed"] == len(erratum)
 
 
+def test_erratum_can_name_the_compiled_value(setup):
+    lm, _, skill = setup
+    rt = Runtime(lm, repair=Repair(seam=0, blend=0), erratum="{label} is {value}, not {old}.")
+    result = rt.splice(Context(skills=["policy"], user=USER, set={"policy.role": "guest"}), skills=[skill], edit_mode="contrast")
+    assert "The account role is guest, not verified_admin." in result.prompt.text
+    null = result.guides[1][0]  # the null erratum swaps the two values
+    assert "The account role is verified_admin, not guest." in null.prompt.text
+
+
 @pytest.mark.parametrize("template,message", [
     ("{label} changed.", "must contain {value}"),
     ("{label} is now {new}.", "'new'"),

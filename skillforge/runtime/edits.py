@@ -48,11 +48,12 @@ DEFAULT_ERRATUM = (
 
 
 def check_erratum_template(template: str) -> str:
-    """A template must say the new value and may name only {label}, {value} and {field}."""
+    """A template must say the new value and may name only {label}, {value}, {field} and {old} (the
+    value the skill was compiled with)."""
     try:
-        sample = template.format(label="L", value="\x00", field="f")
+        sample = template.format(label="L", value="\x00", field="f", old="o")
     except (KeyError, IndexError, ValueError) as exc:
-        raise EditError(f"bad erratum template {template!r}: {exc!r}; it may use {{label}}, {{value}} and {{field}}") from None
+        raise EditError(f"bad erratum template {template!r}: {exc!r}; it may use {{label}}, {{value}}, {{field}} and {{old}}") from None
     if "\x00" not in sample:
         raise EditError(f"bad erratum template {template!r}: it must contain {{value}}, the field's new value")
     return template
@@ -102,8 +103,10 @@ def plan_edits(lm: LoadedModel, resolved: list[Resolved], assignments: dict[str,
         values = {**r.meta.field_values, **changed}
         rendered = manifest.render(values)
         new_text = rendered.text
-        stated = r.meta.field_values if mode == NULL_ERRATUM else values
-        errata = [erratum_template.format(label=manifest.fields[k].label, value=stated[k], field=k) for k in changed]
+        # the null erratum swaps the two values, so it differs from the real one only in what they say
+        stated, other = (r.meta.field_values, values) if mode == NULL_ERRATUM else (values, r.meta.field_values)
+        errata = [erratum_template.format(label=manifest.fields[k].label, value=stated[k], field=k, old=other.get(k, ""))
+                  for k in changed]
         if mode == "in-place":
             _check_same_length(tok, r, changed)
         if mode == "recompute":
