@@ -1,5 +1,9 @@
-"""A pooled cache that already holds a skill's blocks is reused without rewriting them, and every splice
-into it equals a splice into fresh memory, whatever ran in it before (decoding, other layouts, edits)."""
+"""What a repeated splice may skip, and what it may not.
+
+A pooled cache that already holds a skill's blocks is reused without rewriting them, and every splice
+into it equals a splice into fresh memory, whatever ran in it before (decoding, other layouts, edits).
+An artifact's values are checked finite once per digest and process; its bytes are still checked
+against the digest on every read from the store."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from skillforge import artifact
 from skillforge.build import compile_manifests
+from skillforge.errors import CorruptBlob
 from skillforge.manifest import discover
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Runtime
@@ -95,3 +101,29 @@ def test_without_rotation_blocks_are_not_mistaken_for_rotated_ones(rt: Runtime):
     expected = fresh(rt, ctx)
     rt.release(rt.splice(ctx, rotate=False))
     assert_same(snapshot(rt.splice(ctx)), expected)
+
+
+def test_values_are_checked_once_per_digest_but_bytes_on_every_read(rt: Runtime, home: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    checks: list[bool] = []
+    original = artifact.load
+
+    def recording(*args, **kw):
+        checks.append(kw.get("check_values", True))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(artifact, "load", recording)
+    ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
+    for _ in range(2):
+        rt.hot.clear()
+        rt.release(rt.splice(ctx))
+    assert checks == [True, False]
+    # tamper with every blob: the bytes no longer match their digest, remembered values or not
+    blobs = [p for p in (home / "blobs").rglob("*") if p.is_file()]
+    for p in blobs:
+        data = bytearray(p.read_bytes())
+        data[-1] ^= 1
+        p.write_bytes(bytes(data))
+    rt.hot.clear()
+    with pytest.raises(CorruptBlob):
+        rt.splice(ctx)
