@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """The standard benchmark: eval (cases + edits, default repair and the baselines), the repair curve, and
-TTFT by skill length; rewrites the README section between the results markers and docs/bench.png.
+TTFT by skill length (splices, the floor and edits against full prefills, per model, in interleaved
+rounds); rewrites the README's results section and docs/bench.png.
 
-    SKILLFORGE_HOME=/tmp/benchhome python scripts/bench.py            # the full run (tens of minutes on a CPU)
-    python scripts/bench.py --lengths 256,512 --repeats 1 --no-repair-curve   # a quick check
+    SKILLFORGE_HOME=/tmp/benchhome python scripts/bench.py            # the full run (an hour or more on a CPU)
+    python scripts/bench.py --only bench                               # TTFT tables only (their own markers)
+    python scripts/bench.py --only bench --lengths 256,512 --rounds 1 --bench-models smollm2-135m   # a quick check
 
 Everything runs in one process, so full-recompute references are computed once and shared by every
 repair setting. Only the text between `<!-- results:start -->` and `<!-- results:end -->` in README.md
-is touched (the section is appended if the markers are missing).
+is touched (the section is appended if the markers are missing); `--only bench` touches only the text
+between `<!-- bench:start -->` and `<!-- bench:end -->` inside it, and `--only eval` keeps that block.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
+LEGACY_BENCH_HEADING = "### Time to first token by skill length"
 # (label, --seam, --repair): seam-only repairs of growing width, then blend (see runtime/repair.py)
 CURVE = [("seam 0, no blend", 0, "seam"), ("seam 1, no blend", 1, "seam"), ("seam 4, no blend", 4, "seam"),
          ("seam 16, no blend", 16, "seam"), ("seam 32, no blend", 32, "seam"), ("blend 0.15, no seam", None, "blend:0.15")]
@@ -65,11 +70,10 @@ def eval_row(name: str, d: dict) -> str:
             f"{f(d['ttft_full_ms_median'], 0)} | {f(d['ttft_splice_ms_median'], 0)} |")
 
 
-def render(results: dict, env: str, plot: str | None) -> str:
+def render_eval(results: dict, env: str) -> list[str]:
+    """The eval tables (splice fidelity, field edits) as README lines."""
     ev = results["eval"]
-    lines = [START, "",
-             f"Measured by `scripts/bench.py` on {env}, {time.strftime('%Y-%m-%d')}. Timings are wall-clock medians; "
-             "on a shared CPU they are noisy.", "",
+    lines = [f"Measured by `scripts/bench.py` on {env}, {time.strftime('%Y-%m-%d')}.", "",
              f"### Splice against full recompute ({ev['default']['cases']} contexts, `{results['cases_file']}`)", "",
              "| setting | top-1 agreement | greedy-16 match | diverged at margin <= | KL mean | cosine min | reused of prompt | skill tokens recomputed | TTFT full ms | TTFT splice ms |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -98,20 +102,56 @@ def render(results: dict, env: str, plot: str | None) -> str:
               "Gated: the contexts where the oracle's first word differs from the stale splice's (the edit changes the "
               "decision); decision recovery is the same ratio on the two answers' split alone (P(oracle's answer) over "
               "both answers), without the rest of the next-token distribution. "
-              "in-place refuses values of another token length, so it runs on fewer cases."]
-    b = results["bench"]
-    lines += ["", f"### Time to first token by skill length (medians of {b['repeats']})", "",
-              "| skill tokens | full prefill ms | splice (store) ms | splice (hot) ms | floor ms | speedup store | speedup hot | bytes/token |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in b["rows"]:
-        lines.append(f"| {r['tokens']} | {r['full_ms']:.0f} | {r['splice_store_ms']:.0f} | {r['splice_hot_ms']:.0f} | "
-                     f"{r['floor_ms']:.0f} | {r['speedup_store']:.1f}x | {r['speedup_hot']:.1f}x | {r['bytes_per_token']:.0f} |")
-    lines += ["", f"Compile: {b['compile_tokens_per_s']} tokens/s; a bare forward of the same tokens: "
-              f"{b['bare_forward_tokens_per_s']} tokens/s. Floor: {b['floor']}."]
+              "in-place refuses values of another token length, so it runs on fewer cases.", ""]
+    return lines
+
+
+def ratio(r: dict, name: str) -> str:
+    """A per-round ratio as `median (min-max)`, or '-' where its arms did not run."""
+    d = r["ratios"].get(name)
+    return "-" if d is None else f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"
+
+
+def ms(r: dict, key: str) -> str:
+    return f"{r[key]:,.0f}" if r.get(key) is not None else "-"
+
+
+def render_bench(benches: list[dict], env: str, plot: str | None) -> list[str]:
+    """The TTFT tables, one pair per model, between the bench markers."""
+    rounds = benches[0]["rounds"]
+    lines = [BENCH_START, "", f"### Time to first token by skill length ({rounds} interleaved rounds per length)", "",
+             f"Measured by `scripts/bench.py --only bench` on {env}, {time.strftime('%Y-%m-%d')}, in one run. Every round "
+             "runs each arm once, in a rotating order; a ratio is taken within a round (its arms ran seconds apart), "
+             "and the tables give the median over rounds with the lowest and highest in brackets. Times are medians, "
+             "in ms. Floor: the splice's forward passes alone (template pieces, system and user text, seam and "
+             "repaired tokens, last token) over an already assembled cache. Splices release their cache to the pool "
+             "after each request, as the server does, so a repeated layout finds its skill's KV already in place.", ""]
+    for b in benches:
+        loads = [x for r in b["rows"] for rd in r["rounds"] for x in (rd["load_before"], rd["load_after"])]
+        lines += [f"#### {b['model']} ({b['dtype']} on {b['device']}; load average {min(loads):.1f}-{max(loads):.1f} on "
+                  f"{b['cpu_count']} cores, {b['threads']} torch threads; {b['wall_s'] / 60:.0f} min)", "",
+                  "| skill tokens | full prefill | splice (store) | splice (hot) | floor | speedup store | speedup hot | store / floor | hot / floor |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in b["rows"]:
+            lines.append(f"| {r['tokens']} | {ms(r, 'full_ms')} | {ms(r, 'splice_store_ms')} | {ms(r, 'splice_hot_ms')} | "
+                         f"{ms(r, 'floor_ms')} | {ratio(r, 'speedup_store')} | {ratio(r, 'speedup_hot')} | "
+                         f"{ratio(r, 'store_over_floor')} | {ratio(r, 'hot_over_floor')} |")
+        lines += ["", "| skill tokens | edited: full re-prefill | in-place | field+erratum | speedup in-place | speedup field+erratum | tokens computed (in-place / field+erratum) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in b["rows"]:
+            lines.append(f"| {r['tokens']} | {ms(r, 'edit_full_ms')} | {ms(r, 'edit_inplace_ms')} | {ms(r, 'edit_erratum_ms')} | "
+                         f"{ratio(r, 'edit_speedup_inplace')} | {ratio(r, 'edit_speedup_erratum')} | "
+                         f"{r['edit_computed_inplace']} / {r['edit_computed_erratum']} |")
+        c = b["compile_over_bare"]
+        lines += ["", f"Compile of {b['compile_tokens']} tokens: {b['compile_tokens_per_s']} tokens/s; a bare forward of the "
+                  f"same tokens: {b['bare_forward_tokens_per_s']} tokens/s (compile / bare {c['median']:.3f}, "
+                  f"{c['min']:.3f}-{c['max']:.3f}).", ""]
+    lines += ["The edit rows change the skill's first line (`Customer tier: A` to `B`): a full re-prefill of the edited "
+              "prompt (as many tokens as the original, so the round's full prefill times it) against splicing the compiled skill with the field recomputed in place, or in place plus the "
+              "appended erratum (the default edit mode)."]
     if plot:
         lines += ["", f"![TTFT by skill length]({plot})"]
-    lines += ["", END]
-    return "\n".join(lines)
+    return [*lines, "", BENCH_END]
 
 
 def _shown(path: str) -> str:
@@ -119,45 +159,45 @@ def _shown(path: str) -> str:
     return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p)
 
 
-def update_readme(readme: Path, section: str) -> None:
+def between(text: str, start: str, end: str) -> tuple[int, int] | None:
+    """Where the block from `start` to `end` (markers included) sits in `text`, if it is there."""
+    if start in text and end in text and text.index(start) < text.index(end):
+        return text.index(start), text.index(end) + len(end)
+    return None
+
+
+def update_readme(readme: Path, eval_lines: list[str] | None, bench_lines: list[str] | None) -> None:
+    """Rewrite the results section: the eval part if given, the bench block if given, the rest kept."""
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""
-    if START in text and END in text and text.index(START) < text.index(END):
-        a, b = text.index(START), text.index(END) + len(END)
-        text = text[:a] + section + text[b:]
+    section = between(text, START, END)
+    old = text[section[0] : section[1]] if section else f"{START}\n\n{END}"
+    old_bench = between(old, BENCH_START, BENCH_END)
+    bench = "\n".join(bench_lines) if bench_lines else (old[old_bench[0] : old_bench[1]] if old_bench else "")
+    if eval_lines is not None:
+        new = "\n".join([START, "", *eval_lines, bench, "", END])
+    elif old_bench:
+        new = old[: old_bench[0]] + bench + old[old_bench[1] :]
+    else:  # a section written before the bench had markers: its TTFT part runs to the end
+        cut = old.find(LEGACY_BENCH_HEADING)
+        new = old[: cut if cut >= 0 else old.index(END)] + bench + "\n\n" + END
+    if section:
+        text = text[: section[0]] + new + text[section[1] :]
     else:
-        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + "## Results\n\n" + section + "\n"
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + "## Results\n\n" + new + "\n"
     tmp = readme.with_suffix(readme.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, readme)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--lengths", default="512,2048,8000")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cases", default=str(REPO / "evals" / "cases.jsonl"))
-    ap.add_argument("--edits", default=str(REPO / "evals" / "edits.jsonl"))
-    ap.add_argument("--skills", default=str(REPO / "skills"))
-    ap.add_argument("--readme", default=str(REPO / "README.md"))
-    ap.add_argument("--plot", default="docs/bench.png", help="relative to the README's folder")
-    ap.add_argument("--json-out", default=None, help="also write every result as one JSON file")
-    ap.add_argument("--no-repair-curve", action="store_true", help="skip the seam/blend sweep")
-    args = ap.parse_args()
-
+def run_evals(args: argparse.Namespace, lm) -> dict:
+    """Every eval table: the default, the baselines, the repair curve, and each edit mode."""
     from skillforge.build import compile_manifests
     from skillforge.cli.common import open_registry, open_store
-    from skillforge.eval import EvalMemo, load_cases, plot_bench, run_bench, run_eval
+    from skillforge.eval import EvalMemo, load_cases, run_eval
     from skillforge.manifest import discover
-    from skillforge.model import load_model
     from skillforge.runtime import Repair
     from skillforge.runtime.edits import MODES
 
-    lm = load_model(args.model, device=args.device, dtype=args.dtype)
-    env = machine(lm)
-    log(f"machine: {env}")
     registry, store = open_registry(), open_store()
     cases, edits = load_cases(args.cases), load_cases(args.edits)
     wanted = {s for c in cases + edits for s in c.skills}
@@ -174,7 +214,7 @@ def main() -> None:
         return d
 
     edit_modes = ["field+erratum", *(m for m in MODES if m != "field+erratum")]
-    results: dict = {"machine": env, "eval": {}, "curve": {}, "cases_file": _shown(args.cases), "edits_file": _shown(args.edits)}
+    results: dict = {"eval": {}, "curve": {}, "cases_file": _shown(args.cases), "edits_file": _shown(args.edits)}
     results["eval"]["default"] = ev("default")
     for baseline in ("no-rotation", "plain"):
         results["eval"][baseline] = ev(baseline, baseline=baseline)
@@ -185,16 +225,64 @@ def main() -> None:
     for mode in edit_modes:  # the default first
         results["edits"][mode] = run_eval(lm, edits, registry=registry, store=store, edit_mode=mode, memo=memo)
         log(f"edits {mode}: {json.dumps(results['edits'][mode]['edits'])}")
-    lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
-    results["bench"] = run_bench(lm, lengths, repeats=args.repeats, progress=log)
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="the model the eval tables measure")
+    ap.add_argument("--bench-models", default="smollm2-135m,qwen2.5-coder-0.5b", help="the models the TTFT tables measure, in order")
+    ap.add_argument("--only", choices=("all", "eval", "bench"), default="all")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--lengths", default="512,2048,8000")
+    ap.add_argument("--rounds", "--repeats", type=int, default=3, help="interleaved rounds per length")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's); on a CPU shared with other jobs, 1 avoids threads waiting on each other")
+    ap.add_argument("--cases", default=str(REPO / "evals" / "cases.jsonl"))
+    ap.add_argument("--edits", default=str(REPO / "evals" / "edits.jsonl"))
+    ap.add_argument("--skills", default=str(REPO / "skills"))
+    ap.add_argument("--readme", default=str(REPO / "README.md"))
+    ap.add_argument("--plot", default="docs/bench.png", help="relative to the README's folder")
+    ap.add_argument("--json-out", default=None, help="also write every result as one JSON file")
+    ap.add_argument("--no-repair-curve", action="store_true", help="skip the seam/blend sweep")
+    args = ap.parse_args()
+
+    from skillforge.eval import plot_bench, run_bench
+    from skillforge.model import load_model
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    t0 = time.time()
+    results: dict = {}
+    eval_lines = bench_lines = None
+    if args.only in ("all", "eval"):
+        lm = load_model(args.model, device=args.device, dtype=args.dtype)
+        env = machine(lm)
+        log(f"machine: {env}")
+        results.update(run_evals(args, lm), machine=env)
+        eval_lines = render_eval(results, env)
+    if args.only in ("all", "bench"):
+        lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
+        results["bench"] = []
+        for name in [m for m in args.bench_models.split(",") if m.strip()]:
+            lm = load_model(name.strip(), device=args.device, dtype=args.dtype)
+            env = machine(lm).rsplit(";", 1)[0]  # the model is named per table
+            log(f"bench {name} on {env}")
+            results["bench"].append(run_bench(lm, lengths, rounds=args.rounds, progress=log))
+            del lm
+        bench_lines = render_bench(results["bench"], env, args.plot)
+    results["wall_s"] = round(time.time() - t0, 1)
 
     if args.json_out:  # first, so a run's figures survive a failure below
         Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
     readme = Path(args.readme)
-    plot_path = readme.parent / args.plot
-    plot_bench(results["bench"], plot_path)
-    update_readme(readme, render(results, env, args.plot))
-    log(f"wrote {plot_path} and the results section of {readme}")
+    if bench_lines:
+        plot_bench(results["bench"], readme.parent / args.plot)
+    update_readme(readme, eval_lines, bench_lines)
+    log(f"wrote the results section of {readme} in {results['wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

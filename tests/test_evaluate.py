@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from skillforge.cli.bench_cmd import format_bench
 from skillforge.cli.eval_cmd import format_eval
-from skillforge.eval import CaseError, EvalMemo, load_cases, parse_cases, run_bench, run_eval
+from skillforge.eval import CaseError, EvalMemo, load_cases, parse_cases, run_eval
 from skillforge.eval.arms import FullArm, divergence
 from skillforge.eval.metrics import answer_logits, first_word, kl, logit_cosine, recovery, top1, word_token_ids
 from skillforge.eval.run import gated_decision
@@ -21,7 +20,6 @@ from skillforge.manifest import Manifest
 AGGREGATE_KEYS = {"cases", "logit_cosine_mean", "logit_cosine_min", "kl_mean", "top1_agreement", "greedy16_match",
                   "greedy16_divergence_margin_max", "reused_fraction", "skill_recompute_fraction", "ttft_full_ms_median", "ttft_splice_ms_median", "edits", "per_case"}
 EDIT_KEYS = {"cases", "top1_agreement", "first_word_agreement", "kl_mean", "recovery_mean", "computed_fraction"}
-BENCH_ROW_KEYS = {"tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "speedup_store", "speedup_hot", "bytes_per_token"}
 
 
 # -- metrics -----------------------------------------------------------------------------------------
@@ -247,14 +245,3 @@ def test_a_memo_shares_references_between_runs_and_is_the_only_state(tiny):
     # a run without a memo keeps nothing between calls, and leaves this memo alone
     run_eval(tiny, CASES[:1], skills=SKILLS)
     assert memo.full == full
-
-
-def test_bench_on_tiny_model(tiny, tmp_path: Path):
-    doc = run_bench(tiny, [32, 64], repeats=1)
-    assert {"model", "device", "rows", "compile_tokens_per_s", "bare_forward_tokens_per_s"} <= set(doc)
-    assert [r["tokens"] for r in doc["rows"]] == [32, 64]
-    for row in doc["rows"]:
-        assert BENCH_ROW_KEYS <= set(row)
-        assert all(row[k] > 0 for k in BENCH_ROW_KEYS)
-    assert doc["compile_tokens_per_s"] > 0 and doc["bare_forward_tokens_per_s"] > 0
-    assert "speedup_hot" in format_bench(doc)

@@ -1,5 +1,5 @@
-"""`skillforge bench`: time to first token of a full prefill against splices, by skill length (see
-skillforge/eval/bench.py), and the text rendering of its result."""
+"""`skillforge bench`: time to first token of a full prefill against splices and edits, by skill length
+(see skillforge/eval/bench.py), and the text rendering of its result."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ def register(app: typer.Typer) -> None:
     @app.command("bench")
     def bench(model: str = ModelOpt, device: str = DeviceOpt, dtype: str = DtypeOpt,
               lengths: str = typer.Option("512,2048,8000", "--lengths", help="comma-separated skill lengths in tokens"),
-              repeats: int = typer.Option(3, "--repeats", help="repeats per arm (medians); full prefills of 4096+ tokens use at most 2"),
+              rounds: int = typer.Option(3, "--rounds", "--repeats",
+                                         help="rounds; each runs every arm once, in a rotating order, and ratios are taken within a round"),
               plot: Path = typer.Option(None, "--plot", help="write a PNG of TTFT against length (needs matplotlib)"),
               as_json: bool = JsonOpt) -> None:
-        """Benchmark TTFT: full prefill, splice from the store, splice from the hot cache, compute floor."""
+        """Benchmark TTFT: full prefill, splice from the store and the hot cache, compute floor, field edits."""
         from skillforge.errors import BadInput
         from skillforge.eval import plot_bench, run_bench
 
@@ -25,21 +26,36 @@ def register(app: typer.Typer) -> None:
             ns = [int(x) for x in lengths.split(",") if x.strip()]
         except ValueError:
             ns = []
-        if not ns or any(n < 8 for n in ns):
-            raise BadInput(f"invalid --lengths {lengths!r}: give token counts of 8 or more, e.g. 512,2048,8000")
-        if repeats < 1:
-            raise BadInput("--repeats must be at least 1")
+        if not ns or any(n < 16 for n in ns):
+            raise BadInput(f"invalid --lengths {lengths!r}: give token counts of 16 or more, e.g. 512,2048,8000")
+        if rounds < 1:
+            raise BadInput("--rounds must be at least 1")
         lm = load(model, device, dtype)
-        doc = run_bench(lm, ns, repeats=repeats, progress=info)
+        doc = run_bench(lm, ns, rounds=rounds, progress=info)
         if plot is not None:
             info(f"wrote {plot_bench(doc, plot)}")
         emit(doc, as_json, format_bench(doc))
 
 
+def ratio(r: dict, name: str) -> str:
+    """A per-round ratio as `median (min-max)`, or '-' where the arms did not run."""
+    d = r["ratios"].get(name)
+    return "-" if d is None else f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})"
+
+
 def format_bench(doc: dict) -> str:
-    """Human rendering: the timing table and the compile and bare-forward throughput."""
-    cols = ["tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "speedup_store", "speedup_hot", "bytes_per_token"]
-    lines = [f"model {doc['model']} on {doc['device']} ({doc.get('dtype', '')}), medians of {doc['repeats']} repeats",
-             table(doc["rows"], cols), "",
-             f"compile {doc['compile_tokens_per_s']} tokens/s; bare forward of the same tokens {doc['bare_forward_tokens_per_s']} tokens/s"]
+    """Human rendering: median times per arm, the per-round ratios, compile against a bare forward."""
+    cols = ["tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "edit_full_ms", "edit_inplace_ms",
+            "edit_erratum_ms"]
+    times = [{c: r.get(c, "-") for c in cols} for r in doc["rows"]]
+    ratios = [{"tokens": r["tokens"], **{n: ratio(r, n) for n in ("speedup_store", "speedup_hot", "store_over_floor",
+                                                                  "hot_over_floor", "edit_speedup_inplace", "edit_speedup_erratum")}}
+              for r in doc["rows"]]
+    c = doc["compile_over_bare"]
+    lines = [f"model {doc['model']} on {doc['device']} ({doc.get('dtype', '')}), {doc['rounds']} interleaved rounds; "
+             f"load average {doc['load']['start']} -> {doc['load']['end']} on {doc['cpu_count']} cores",
+             "median ms per arm:", table(times, cols), "",
+             "per-round ratios, median (min-max):", table(ratios, list(ratios[0])), "",
+             f"compile {doc['compile_tokens_per_s']} tokens/s; bare forward of the same tokens {doc['bare_forward_tokens_per_s']} "
+             f"tokens/s; compile / bare {c['median']:.3f} ({c['min']:.3f}-{c['max']:.3f})"]
     return "\n".join(lines)

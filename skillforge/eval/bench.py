@@ -1,14 +1,26 @@
-"""`skillforge bench`: time to first token of a full prefill against splices, by skill length.
+"""`skillforge bench`: time to first token of a full prefill against splices and edits, by skill length.
 
-For synthetic skills of N tokens it times a full prefill of the whole prompt against a splice reading
-the artifact from the store (page cache warm, hot cache empty), a splice from the hot cache, and a
-floor: only the splice's own forward passes over the tokens it must compute anyway (template pieces,
-system and user text, seam, last token) against an already assembled cache, nothing else. Timings are
-wall-clock medians on whatever machine runs this; on a shared CPU they are noisy.
+For a synthetic skill of N tokens (bundled skill text behind one field, `tier`) it times, per length:
+  full          a full prefill of the whole prompt
+  store         a splice reading the artifact from the store (page cache warm, hot cache empty)
+  hot           a splice from the hot cache
+  floor         only the splice's own forward passes over the tokens it must compute anyway (template
+                pieces, system and user text, seam, last token) against an already assembled cache
+  edit_full     a full prefill of the prompt with the field edited (what an edit costs without skillforge);
+                where the edited prompt has as many tokens as the original (one-token values: always here),
+                that is the same computation as `full`, so the round's `full` time stands in for it
+  edit_inplace  a splice with the field edited in place (its tokens recomputed)
+  edit_erratum  a splice with the field edited by field+erratum (in place plus the appended erratum)
+
+A shared CPU is noisy, and a ratio whose two arms ran minutes apart measures the machine. So the arms
+run in rounds, every arm once per round in a rotating order, and each ratio is taken within a round;
+the result reports the median of the per-round ratios with its spread (min, max), the median time
+of each arm, and the machine's load average around every round.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -18,17 +30,25 @@ from typing import Any, Callable
 import torch
 
 from skillforge.build import compile_manifests
-from skillforge.errors import ContextTooLong
+from skillforge.errors import ContextTooLong, EditError
 from skillforge.manifest import Manifest, discover
 from skillforge.model.forward import new_cache, run
 from skillforge.model.loader import LoadedModel
-from skillforge.prompt import resolve_anchor, tokenize_with_offsets
+from skillforge.prompt import build_prompt, resolve_anchor, tokenize_with_offsets
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Runtime
 from skillforge.store import LocalStore
 
 BENCH_SYSTEM = "You are a helpful assistant."
 BENCH_USER = "Summarize the most important rule above in one sentence."
+FIELD, OLD, NEW = "tier", "A", "B"  # one-token values, so the in-place edit applies
+HEADER = "Customer tier: {{tier}}.\n\n"  # the field sits at the start: the worst case for a prefix cache
+ARMS = ("full", "store", "hot", "floor", "edit_full", "edit_inplace", "edit_erratum")
+ARM_KEYS = {a: f"splice_{a}_ms" if a in ("store", "hot") else f"{a}_ms" for a in ARMS}  # row key of each arm's median
+# (ratio name, numerator arm, denominator arm), each taken within one round
+RATIOS = (("speedup_store", "full", "store"), ("speedup_hot", "full", "hot"),
+          ("store_over_floor", "store", "floor"), ("hot_over_floor", "hot", "floor"),
+          ("edit_speedup_inplace", "edit_full", "edit_inplace"), ("edit_speedup_erratum", "edit_full", "edit_erratum"))
 
 Progress = Callable[[str], None] | None
 
@@ -65,106 +85,197 @@ def synthetic_text(tokenizer: Any, n: int, source_dir: Path | None = None) -> st
     return best[0]
 
 
+def bench_manifest(tokenizer: Any, n: int) -> Manifest:
+    """A skill of about `n` tokens whose first line holds the field `tier` (default A)."""
+    def make(body: int) -> Manifest:
+        return Manifest.from_dict({"name": f"bench-{n}", "version": "1.0.0", "template": HEADER + synthetic_text(tokenizer, body),
+                                   "fields": {FIELD: {"default": OLD, "description": "the customer's tier", "label": "customer tier"}}},
+                                  source=f"bench-{n}")
+
+    count = lambda m: len(tokenizer(m.render().text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    body = max(8, n - len(tokenizer(HEADER.replace("{{tier}}", OLD), add_special_tokens=False)["input_ids"]))
+    manifest = make(body)
+    missed = count(manifest) - n  # the header's line break can merge with the text after it
+    return make(max(8, body - missed)) if missed else manifest
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, (time.perf_counter() - t0) * 1000
 
 
+def _load() -> float:
+    """The 1-minute load average (what else competes for the cores), or -1 where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return -1.0
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    """Median and range of per-round values: the figure, and how far the machine moved it."""
+    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+
+
+def round_ratios(rounds: list[dict[str, float | None]]) -> dict[str, dict[str, float]]:
+    """Every ratio of RATIOS, taken within each round, summarised over the rounds that have both arms."""
+    out = {}
+    for name, a, b in RATIOS:
+        vals = [r[a] / r[b] for r in rounds if r.get(a) and r.get(b)]
+        if vals:
+            out[name] = spread(vals)
+    return out
+
+
+class _LengthBench:
+    """The arms for one skill length, ready to run any number of times in any order."""
+
+    def __init__(self, lm: LoadedModel, registry: Registry, store: LocalStore, n: int, say: Callable[[str], None]):
+        self.lm = lm
+        self.manifest = bench_manifest(lm.tokenizer, n)
+        say(f"bench {n} tokens: compiling")
+        self.outcome = compile_manifests(lm, [self.manifest], registry, store)[0]
+        self.rt = Runtime(lm, registry, store)
+        name = self.manifest.name
+        self.ctx = Context(skills=[name], system=BENCH_SYSTEM, user=BENCH_USER)
+        self.edited = {mode: Context(skills=[name], system=BENCH_SYSTEM, user=BENCH_USER, set={f"{name}.{FIELD}": NEW})
+                       for mode in ("in-place", "field+erratum")}
+        self.base = self.rt.splice(self.ctx)  # warms the page cache and the hot cache; the floor's cache
+        self.prompt_tokens = len(self.base.prompt.ids)
+        if self.prompt_tokens + 1 > lm.max_positions:
+            raise ContextTooLong(f"bench length {n}: the prompt is {self.prompt_tokens} tokens; {lm.name} allows {lm.max_positions}")
+        device = lm.model.device
+        self.ids = torch.tensor([self.base.prompt.ids], device=device)
+        edited_text = self.manifest.render({FIELD: NEW}).text
+        self.edited_ids = torch.tensor([build_prompt(lm.tokenizer, BENCH_SYSTEM, [edited_text], BENCH_USER).ids], device=device)
+        self.same_length = self.edited_ids.shape[1] == self.ids.shape[1]  # then `full` times the re-prefill too
+        self.computed: dict[str, int] = {"splice": self.base.computed}
+        for mode, ctx in self.edited.items():
+            try:
+                r = self.rt.splice(ctx, edit_mode=mode)
+                self.computed[mode] = r.computed
+                self.rt.release(r)
+            except EditError:  # in-place needs a value of the same token length
+                self.computed[mode] = -1
+
+    def _splice(self, ctx: Context, mode: str = "field+erratum") -> None:
+        result = self.rt.splice(ctx, edit_mode=mode)
+        self.rt.next_logits(result)
+        self.rt.release(result)  # as a serving loop does when a request is done
+
+    def _store(self) -> None:
+        self.rt.hot.clear()  # the next resolve reads the memory-mapped blob (page cache warm)
+        self._splice(self.ctx)
+
+    def arm(self, name: str) -> float | None:
+        """Run arm `name` once -> wall-clock ms (None where it does not apply)."""
+        fns: dict[str, Callable[[], Any]] = {
+            "full": lambda: run(self.lm.model, self.ids, cache=new_cache()),
+            "store": self._store,
+            "hot": lambda: self._splice(self.ctx),
+            "floor": lambda: self.rt.compute(self.base.cache, self.base.input_ids[0], self.base.computed_positions),
+            "edit_full": lambda: run(self.lm.model, self.edited_ids, cache=new_cache()),
+            "edit_inplace": lambda: self._splice(self.edited["in-place"], "in-place"),
+            "edit_erratum": lambda: self._splice(self.edited["field+erratum"], "field+erratum"),
+        }
+        if (name == "edit_inplace" and self.computed["in-place"] < 0) or (name == "edit_full" and self.same_length):
+            return None
+        return round(_timed(fns[name])[1], 2)
+
+
+def _row(b: _LengthBench, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    med = {a: statistics.median(v) for a in ARMS if (v := [r[a] for r in rounds if r.get(a)])}
+    ratios = round_ratios(rounds)
+    return {
+        "tokens": b.outcome.tokens, "prompt_tokens": b.prompt_tokens, "computed_tokens": b.computed["splice"],
+        "edit_computed_inplace": b.computed["in-place"], "edit_computed_erratum": b.computed["field+erratum"],
+        "edit_full_timed_by": "full (same prompt length)" if b.same_length else "edit_full",
+        **{ARM_KEYS[a]: round(v, 2) for a, v in med.items()},
+        "speedup_store": ratios["speedup_store"]["median"], "speedup_hot": ratios["speedup_hot"]["median"],
+        "ratios": ratios, "bytes_per_token": round(b.outcome.bytes / b.outcome.tokens, 1), "rounds": rounds,
+    }
+
+
+def _compile_rounds(lm: LoadedModel, registry: Registry, store: LocalStore, n: int, rounds: int) -> dict[str, Any]:
+    """Compile (prefill, write, hash, index) against a bare forward of the same tokens, interleaved."""
+    manifest = bench_manifest(lm.tokenizer, n)
+    ids, _ = tokenize_with_offsets(lm.tokenizer, manifest.render().text)
+    x = torch.tensor([resolve_anchor(lm.tokenizer, "template") + ids], device=lm.model.device)
+    per = []
+    for i in range(rounds):
+        m = Manifest.from_dict({**manifest.to_dict(), "version": f"1.0.{i + 1}"}, source=manifest.name)
+        arms = {"compile": lambda: compile_manifests(lm, [m], registry, store), "bare": lambda: run(lm.model, x, cache=new_cache())}
+        order = ["compile", "bare"] if i % 2 == 0 else ["bare", "compile"]
+        per.append({a: _timed(arms[a])[1] for a in order})
+    c, b = statistics.median(r["compile"] for r in per), statistics.median(r["bare"] for r in per)
+    return {"compile_tokens": len(ids), "compile_tokens_per_s": round(len(ids) / (c / 1000), 1),
+            "bare_forward_tokens_per_s": round(len(ids) / (b / 1000), 1),
+            "compile_over_bare": spread([r["compile"] / r["bare"] for r in per])}
+
+
 @torch.no_grad()
-def run_bench(lm: LoadedModel, lengths: list[int], repeats: int = 3, full_repeats: int | None = None,
-              progress: Progress = None) -> dict:
-    """TTFT of a full prefill against splices (store, hot cache) and the floor, per synthetic skill length."""
+def run_bench(lm: LoadedModel, lengths: list[int], rounds: int = 3, progress: Progress = None) -> dict:
+    """TTFT of full prefills against splices, the floor and edits per synthetic skill length, in
+    interleaved rounds (see the module docstring)."""
     say = progress or (lambda s: None)
-    model, device = lm.model, lm.model.device
-    rows, compile_info = [], {}
+    rows: list[dict[str, Any]] = []
+    t_start, load_start = time.time(), _load()
     with tempfile.TemporaryDirectory(prefix="skillforge-bench-") as tmp:
         registry, store = Registry(f"sqlite:///{Path(tmp) / 'index.sqlite'}"), LocalStore(Path(tmp))
         try:
             for n in sorted(lengths):
-                text = synthetic_text(lm.tokenizer, n)
-                manifest = Manifest.from_dict({"name": f"bench-{n}", "version": "1.0.0", "template": text}, source=f"bench-{n}")
-                say(f"bench {n} tokens: compiling")
-                outcome, compile_ms = _timed(lambda: compile_manifests(lm, [manifest], registry, store)[0])
-                ctx = Context(skills=[f"bench-{n}"], system=BENCH_SYSTEM, user=BENCH_USER)
-                rt = Runtime(lm, registry, store)
-                probe = rt.splice(ctx)
-                L = len(probe.prompt.ids)
-                if L + 1 > lm.max_positions:
-                    raise ContextTooLong(f"bench length {n}: the prompt is {L} tokens; {lm.name} allows {lm.max_positions}")
-                reps_full = full_repeats or (repeats if n < 4096 else min(repeats, 2))
-
-                say(f"bench {n} tokens: full prefill x{reps_full}")
-                ids = torch.tensor([probe.prompt.ids], device=device)
-                full = [_timed(lambda: run(model, ids, cache=new_cache()))[1] for _ in range(reps_full)]
-
-                say(f"bench {n} tokens: splices x{repeats}")
-                rt.release(probe)
-                store_ms, hot_ms = [], []
-
-                def first_token() -> Any:
-                    result = rt.splice(ctx)
-                    rt.next_logits(result)
-                    return result
-
-                for _ in range(repeats):
-                    rt.hot.clear()  # next resolve reads the mmap'd blob (from the page cache: warmed by the probe)
-                    for arm in (store_ms, hot_ms):
-                        result, ms = _timed(first_token)
-                        arm.append(ms)
-                        rt.release(result)  # as a serving loop does when a request is done
-
-                # floor: the splice's own forward passes over an already assembled cache
-                base = rt.splice(ctx)
-                ids_1d = base.input_ids[0]
-                floor = [_timed(lambda: rt.compute(base.cache, ids_1d, base.computed_positions))[1] for _ in range(repeats)]
-                f_ms, s_ms, h_ms = statistics.median(full), statistics.median(store_ms), statistics.median(hot_ms)
-                rows.append({
-                    "tokens": outcome.tokens, "prompt_tokens": L, "computed_tokens": probe.computed,
-                    "full_ms": round(f_ms, 2), "splice_store_ms": round(s_ms, 2), "splice_hot_ms": round(h_ms, 2),
-                    "floor_ms": round(statistics.median(floor), 2),
-                    "speedup_store": round(f_ms / s_ms, 2), "speedup_hot": round(f_ms / h_ms, 2),
-                    "bytes_per_token": round(outcome.bytes / outcome.tokens, 1), "full_repeats": reps_full,
-                })
-                compile_info = {"tokens": outcome.tokens, "compile_ms": compile_ms, "manifest": manifest}
-                say(f"bench {n} tokens: full {f_ms:.0f} ms, splice store {s_ms:.0f} ms, hot {h_ms:.0f} ms")
+                b = _LengthBench(lm, registry, store, n, say)
+                per_round: list[dict[str, Any]] = []
+                for i in range(rounds):
+                    order = ARMS[i % len(ARMS):] + ARMS[: i % len(ARMS)]  # each arm leads a round in turn
+                    got: dict[str, Any] = {"load_before": _load()}
+                    for a in order:
+                        got[a] = b.arm(a)
+                    got["load_after"] = _load()
+                    if b.same_length:
+                        got["edit_full"] = got["full"]
+                    per_round.append(got)
+                    say(f"bench {n} tokens, round {i + 1}/{rounds}: " + ", ".join(f"{a} {got[a]:.0f}" for a in ARMS if got[a]))
+                rows.append(_row(b, per_round))
+                b.rt.release(b.base)
+            compile_n = min(max(lengths), 2048)
+            say(f"bench: compile against a bare forward, {compile_n} tokens x{rounds}")
+            compile_doc = _compile_rounds(lm, registry, store, compile_n, rounds)
         finally:
             registry.close()
-    result: dict[str, Any] = {"model": lm.name, "device": str(lm.device), "dtype": lm.dtype, "repeats": repeats,
-                              "rows": rows, "compile_tokens_per_s": None, "bare_forward_tokens_per_s": None}
-    if compile_info:
-        n = compile_info["tokens"]
-        result["compile_tokens_per_s"] = round(n / (compile_info["compile_ms"] / 1000), 1)
-        ids, _ = tokenize_with_offsets(lm.tokenizer, compile_info["manifest"].render().text)
-        x = torch.tensor([resolve_anchor(lm.tokenizer, "template") + ids], device=device)
-        say(f"bench: bare forward of {x.shape[1]} tokens")
-        _, bare_ms = _timed(lambda: run(model, x, cache=new_cache()))
-        result["bare_forward_tokens_per_s"] = round(n / (bare_ms / 1000), 1)
-    result["floor"] = ("the splice's forward passes alone (template pieces, system and user text, seam and repaired "
-                       "tokens, last token) over an already assembled cache: no tokenization, artifact read or rotation")
-    return result
+    return {"model": lm.name, "device": str(lm.device), "dtype": lm.dtype, "rounds": rounds, "rows": rows,
+            **compile_doc, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+            "load": {"start": load_start, "end": _load()}, "wall_s": round(time.time() - t_start, 1),
+            "floor": ("the splice's forward passes alone (template pieces, system and user text, seam and repaired "
+                      "tokens, last token) over an already assembled cache: no tokenization, artifact read or rotation")}
 
 
-def plot_bench(doc: dict, path: str | Path) -> Path:
-    """TTFT against skill length, log y, one line per arm (PNG via matplotlib's Agg backend)."""
+def plot_bench(docs: dict | list[dict], path: str | Path) -> Path:
+    """TTFT against skill length, log y, one panel per model and one line per arm (PNG, matplotlib Agg)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    docs = [docs] if isinstance(docs, dict) else docs
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    xs = [r["tokens"] for r in doc["rows"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for key, label in (("full_ms", "full prefill"), ("splice_store_ms", "splice (store)"),
-                       ("splice_hot_ms", "splice (hot cache)"), ("floor_ms", "floor (compute only)")):
-        ax.plot(xs, [r[key] for r in doc["rows"]], marker="o", label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("skill tokens")
-    ax.set_ylabel("time to first token (ms)")
-    ax.set_title(f"{doc['model']} on {doc['device']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(docs), figsize=(6.4 * len(docs), 4.2), dpi=120, squeeze=False)
+    for ax, doc in zip(axes[0], docs):
+        xs = [r["tokens"] for r in doc["rows"]]
+        for key, label in (("full_ms", "full prefill"), ("splice_store_ms", "splice (store)"),
+                           ("splice_hot_ms", "splice (hot cache)"), ("floor_ms", "floor (compute only)"),
+                           ("edit_erratum_ms", "edit: field+erratum")):
+            ys = [r.get(key) for r in doc["rows"]]
+            if all(y is not None for y in ys):
+                ax.plot(xs, ys, marker="o", label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel("skill tokens")
+        ax.set_ylabel("time to first token (ms)")
+        ax.set_title(f"{doc['model']} on {doc['device']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

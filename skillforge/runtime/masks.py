@@ -18,8 +18,9 @@ def _mask(q_pos: torch.Tensor, kv_len: int, window: int | None, dtype: torch.dty
     allowed = j[None, :] <= q_pos[:, None]
     if window:
         allowed &= j[None, :] > q_pos[:, None] - window
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=q_pos.device)
-    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+    # one pass over [queries, keys] (zeros then masked_fill is two): it is built for every splice
+    zero = torch.zeros((), dtype=dtype, device=q_pos.device)
+    return torch.where(allowed, zero, torch.finfo(dtype).min)[None, None]
 
 
 def scattered_mask(cfg: Any, q_pos: torch.Tensor, kv_len: int, dtype: torch.dtype) -> torch.Tensor | dict[str, torch.Tensor]:
