@@ -273,6 +273,8 @@ def main() -> None:
             log(f"bench {name} on {env}")
             results["bench"].append(run_bench(lm, lengths, rounds=args.rounds, progress=log))
             del lm
+            if args.json_out:  # after every model, so a long run's figures survive an interruption
+                Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
         bench_lines = render_bench(results["bench"], env, args.plot)
     results["wall_s"] = round(time.time() - t0, 1)
 
