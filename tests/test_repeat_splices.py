@@ -96,6 +96,18 @@ def test_a_splice_after_another_layout_equals_a_fresh_one(rt: Runtime, between: 
     assert_same(snapshot(rt.splice(ctx)), expected)
 
 
+def test_after_an_in_place_edit_only_the_field_and_computed_slots_are_rewritten(rt: Runtime, monkeypatch: pytest.MonkeyPatch):
+    ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
+    expected = fresh(rt, ctx)
+    edited = rt.splice(Context(skills=["refund-desk"], system="Be brief.", user="Hello?",
+                               set={"refund-desk.account_role": "suspended_user"}), edit_mode="in-place")
+    rt.release(edited)
+    writes = count_writes(monkeypatch)
+    again = rt.splice(ctx)
+    assert_same(snapshot(again), expected)
+    assert 0 < sum(writes) < again.skill_tokens / 2  # the field's slots and the repaired ones, not the skill
+
+
 def test_without_rotation_blocks_are_not_mistaken_for_rotated_ones(rt: Runtime):
     ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
     expected = fresh(rt, ctx)

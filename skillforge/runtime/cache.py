@@ -8,10 +8,11 @@ append-only cache, so `model.generate(..., past_key_values=cache)` continues fro
 every token (sliding windows are enforced by the attention mask, never by dropping keys), which is
 what a cache built for splicing needs.
 
-A released cache remembers what it holds (`Contents`): which artifact blocks sit in which slots, and
-every slot written since (computed tokens, decoded tokens). A serving loop splices the same skills
-behind the same text again and again, so the next splice that takes it from the pool rewrites only
-the slots that changed instead of rotating and copying the whole skill again (runtime/splice.py).
+A released cache remembers what it holds (`Contents`): which artifact token sits in which slot, until
+something else writes there (computed tokens, decoded tokens, another skill). A serving loop splices
+the same skills behind the same text again and again, so the next splice that takes it from the pool
+rewrites only the slots that changed instead of rotating and copying the whole skill again
+(runtime/splice.py).
 """
 
 from __future__ import annotations
@@ -19,31 +20,45 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-BlockKey = tuple[str, int, int, int, bool]  # (artifact digest, artifact token, first slot, tokens, rotated)
+Source = tuple[str, bool]  # (artifact digest, keys rotated to their slots)
 
 
 class Contents:
-    """What a cache's slots hold: artifact blocks written whole, and the slots written since.
+    """What a cache's slots hold: for each artifact (by digest, content-addressed, so equal digests
+    are equal bytes), which of its tokens sits in which slot.
 
-    `blocks` names KV by the artifact's digest (content-addressed, so equal digests are equal bytes);
-    `written` collects every slot any forward wrote after the blocks (SpliceLayer.update reports
-    them), so a block's slots minus `written` still hold exactly that artifact's KV."""
+    Any write to a slot (another artifact's block, a computed or decoded token: SpliceLayer.update
+    reports those) clears what the slot held, so every slot still listed holds exactly that artifact
+    token's KV. Sub-blocks and shifted layouts are found slot by slot: after an in-place edit, the
+    unedited splice finds everything but the field's slots still in place."""
 
     def __init__(self) -> None:
-        self.blocks: set[BlockKey] = set()
-        self.written: set[int] = set()
-        self.buffers: tuple[int, ...] = ()  # data pointers the blocks were written into
+        self.held: dict[Source, torch.Tensor] = {}  # int64 [capacity]: artifact token per slot, -1 none
+        self.buffers: tuple[int, ...] = ()  # data pointers of the buffers the slots live in
 
-    def record(self, blocks: set[BlockKey], buffers: tuple[int, ...]) -> None:
-        """The cache now holds exactly `blocks` (in the buffers at these addresses), nothing written since."""
-        self.blocks, self.written, self.buffers = blocks, set(), buffers
-
-    def stale(self, key: BlockKey, buffers: tuple[int, ...]) -> list[int] | None:
-        """Slots of block `key` that no longer hold its KV (sorted), or None if the block is not held."""
-        if key not in self.blocks or buffers != self.buffers:
+    def stale(self, source: Source, a: int, c: int, n: int, buffers: tuple[int, ...]) -> torch.Tensor | None:
+        """Slots of c..c+n that do not hold artifact tokens a..a+n of `source`; None if none of them do."""
+        if buffers != self.buffers:  # grown or replaced buffers: nothing known about them
+            self.held, self.buffers = {}, buffers
+        held = self.held.get(source)
+        if held is None or held.numel() < c + n:
             return None
-        c, n = key[2], key[3]
-        return sorted(p for p in self.written if c <= p < c + n)
+        wrong = held[c : c + n] != torch.arange(a, a + n)
+        if bool(wrong.all()):
+            return None
+        return wrong.nonzero().flatten() + c
+
+    def wrote(self, source: Source | None, a: int, c: int, n: int, capacity: int) -> None:
+        """Slots c..c+n now hold artifact tokens a..a+n of `source` (None: something no digest names)."""
+        self.clear(slice(c, c + n))
+        if source is not None:
+            held = self.held.setdefault(source, torch.full((capacity,), -1, dtype=torch.int64))
+            held[c : c + n] = torch.arange(a, a + n)
+
+    def clear(self, slots: slice | torch.Tensor) -> None:
+        """`slots` were written by something else: they no longer hold any artifact token."""
+        for held in self.held.values():  # slots past a held map's end (the cache grew since) were never held
+            held[slots if isinstance(slots, slice) else slots[slots < held.numel()]] = -1
 
 
 class SpliceLayer(CacheLayerMixin):
@@ -82,13 +97,13 @@ class SpliceLayer(CacheLayerMixin):
         if self.write_slots is not None:
             slots = self.write_slots
             if self.contents is not None:
-                self.contents.written.update(slots.tolist())
+                self.contents.clear(slots.to("cpu"))
             self.keys.index_copy_(2, slots, key_states.to(self.keys.dtype))
             self.values.index_copy_(2, slots, value_states.to(self.values.dtype))
             return self.keys[:, :, : self.length], self.values[:, :, : self.length]
         self._grow(self.length + n)
         if self.contents is not None:
-            self.contents.written.update(range(self.length, self.length + n))
+            self.contents.clear(slice(self.length, self.length + n))
         self.keys[:, :, self.length : self.length + n] = key_states
         self.values[:, :, self.length : self.length + n] = value_states
         self.length += n

@@ -106,20 +106,17 @@ class Splicer:
             skill_tokens += len(pos)
         # Assemble: rotate and write reused K/V straight into their slots, except where a pooled
         # cache already holds that block from an earlier splice (only its since-written slots change).
-        buffers, held = cache.buffers(), set()
+        buffers, capacity = cache.buffers(), cache.layers[0].keys.shape[2]
         for i, blocks in reuse:
             r = skills[i]
+            source = (r.digest, rotate) if r.digest else None
             for a, c, n in blocks:
-                src0 = r.meta.offset + a
-                key = (r.digest, a, c, n, rotate and src0 != c) if r.digest else None
-                stale = cache.contents.stale(key, buffers) if key else None
+                stale = cache.contents.stale(source, a, c, n, buffers) if source else None
                 if stale is None:
-                    self._write_block(cache, r.kv, src0, a, c, n, rotate)
-                elif stale:
-                    self._write_block(cache, r.kv, src0, a, c, n, rotate, slots=torch.tensor(stale))
-                if key:
-                    held.add(key)
-        cache.contents.record(held, buffers)
+                    self._write_block(cache, r.kv, r.meta.offset + a, a, c, n, rotate)
+                elif stale.numel():
+                    self._write_block(cache, r.kv, r.meta.offset + a, a, c, n, rotate, slots=stale)
+                cache.contents.wrote(source, a, c, n, capacity)
         uncovered = ~reused
         chosen = select_repair(self.lm.model, repair, prompt, skills, reuse, cache) if rotate else set()
         for p in chosen:
