@@ -13,6 +13,8 @@ the default:
   oracleR     seam 16, then the tokens whose K/V (all layers) deviate most from a full prefill, until R:
               an upper bound for any selector at that budget (REFERENCE.md's cheap check)
   oraclenosR  the same oracle, no seam: R of the skill tokens by deviation alone
+  system      (lone-system cases only) each skill compiled behind the case's own system text
+              (`compile --system`), spliced with the default repair: how often that makes a splice exact
 Subsets: --no-long drops cases with the three long skills (over 2,000 tokens); --sample N draws N
 cases stratified by kind with --seed. The subset is printed with the results, by case id.
 """
@@ -108,6 +110,30 @@ def selector(select: Selector | None) -> Iterator[None]:
         splice_mod.select_repair = original
 
 
+def compiled_behind_system(lm: Any, cases: list, skills: str, memo: EvalMemo) -> dict:
+    """The lone-system cases, each with its skill compiled behind the case's system text."""
+    from skillforge.compile import compile_skill
+    from skillforge.eval import arms
+    from skillforge.manifest import discover
+    from skillforge.prompt import system_anchor
+    from skillforge.runtime import Resolved
+
+    manifests = discover(Path(skills))
+    rows = []
+    original = arms.compiled
+    for case in [c for c in cases if case_kind(c) == "lone-system"]:
+        def behind(lm_: Any, manifest: Any, anchor: str, memo_: EvalMemo, system: str = case.system) -> Resolved:
+            meta, kv = compile_skill(lm_, manifest, anchor=system_anchor(lm_.tokenizer, system, manifest.render().text))
+            return Resolved(meta, kv, None)
+        arms.compiled = behind
+        try:
+            rows += run_eval(lm, [case], skills=manifests, memo=memo)["per_case"]
+        finally:
+            arms.compiled = original
+    return {"cases": len(rows), "exact": sum(r["kl"] < 1e-4 for r in rows), "top1": sum(r["top1"] for r in rows),
+            "greedy16": sum(r["greedy16_match"] for r in rows), "repaired": sum(r["repaired"] for r in rows), "per_case": rows}
+
+
 def subset(cases: list, no_long: bool, sample: int | None, seed: int) -> list:
     if no_long:
         cases = [c for c in cases if not LONG & {s.split("@")[0] for s in c.skills}]
@@ -139,6 +165,11 @@ def main() -> None:
     memo = EvalMemo()
     out: dict[str, Any] = {"model": args.model, "cases": [c.id for c in cases], "variants": {}}
     for name in args.variants.split(","):
+        if name == "system":
+            doc = out["variants"][name] = compiled_behind_system(lm, cases, args.skills, memo)
+            print(f"\n== system: {doc['cases']} lone-system cases, exact (KL < 1e-4) {doc['exact']}, top1 {doc['top1']}, "
+                  f"greedy16 {doc['greedy16']}, repaired tokens {doc['repaired']}", flush=True)
+            continue
         rep, select = variant(name)
         with selector(select):
             doc = run_eval(lm, cases, repair=rep, skills=args.skills, memo=memo,

@@ -1,0 +1,77 @@
+"""Repair selection (runtime/repair.py) on a tiny random model: which reused tokens a splice recomputes.
+
+What must hold whatever the selector: a skill behind the anchor it was compiled behind costs no repair;
+every skill that follows unseen text gets its seam; blend stays inside its budget and only picks
+reused tokens of skills that missed something."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from skillforge.build import compile_manifests
+from skillforge.manifest import discover
+from skillforge.registry import Registry
+from skillforge.runtime import Context, Repair, Runtime
+from skillforge.runtime.repair import unseen_tokens
+from skillforge.store import LocalStore
+
+from tiny_models import build
+
+
+@pytest.fixture()
+def rt(home: Path, demo_tokenizer, skills_dir: Path) -> Runtime:
+    lm = build("llama", demo_tokenizer)
+    registry, store = Registry(), LocalStore(home)
+    compile_manifests(lm, [m for m in discover(skills_dir) if m.name in ("pirate-voice", "json-contract")], registry, store)
+    return Runtime(lm, registry, store)
+
+
+def _skill_positions(result) -> list[set[int]]:
+    return [set(result.prompt.tokens_within(s, e)) for s, e in result.prompt.skill_spans]
+
+
+def _repaired(result) -> set[int]:
+    """Skill positions the splice computed (the repair set: every skill token here came from an artifact)."""
+    computed = set(result.computed_positions.tolist())
+    return {p for span in _skill_positions(result) for p in span} & computed
+
+
+def test_a_skill_behind_its_own_anchor_costs_no_repair(rt: Runtime):
+    result = rt.splice(Context(skills=["pirate-voice"], user="Ahoy?"), repair=Repair(blend=0.5))
+    assert result.repaired == 0 and not _repaired(result)
+    anchor = rt.resolve("pirate-voice").meta.anchor_ids
+    assert unseen_tokens(result.prompt, 0, anchor) == 0
+
+
+def test_every_skill_after_unseen_text_gets_its_seam_and_only_those(rt: Runtime):
+    ctx = Context(skills=["json-contract", "pirate-voice"], user="Ahoy?")
+    result = rt.splice(ctx, repair=Repair(seam=8, blend=0.0))
+    first, second = _skill_positions(result)
+    anchor = rt.resolve("json-contract").meta.anchor_ids
+    assert unseen_tokens(result.prompt, 0, anchor) == 0 and unseen_tokens(result.prompt, 1, anchor) > len(first)
+    # the first skill sits behind its anchor: exact; the second never saw the first: its first 8 tokens
+    assert _repaired(result) == set(sorted(second)[:8]) and result.repaired == 8
+    with_system = rt.splice(Context(skills=["json-contract", "pirate-voice"], system="Be brief.", user="Ahoy?"),
+                            repair=Repair(seam=8, blend=0.0))
+    a, b = _skill_positions(with_system)
+    assert _repaired(with_system) == set(sorted(a)[:8]) | set(sorted(b)[:8])
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3])
+def test_blend_stays_inside_its_budget_and_the_skills_that_missed(rt: Runtime, ratio: float):
+    ctx = Context(skills=["json-contract", "pirate-voice"], user="Ahoy?")
+    result = rt.splice(ctx, repair=Repair(seam=4, blend=ratio, blend_per_unseen=math.inf, min_blend=1))
+    first, second = _skill_positions(result)
+    repaired = _repaired(result)
+    assert repaired <= second and set(sorted(second)[:4]) <= repaired
+    assert 4 < len(repaired) <= 4 + round(ratio * result.skill_tokens)
+
+
+def test_adaptive_blend_is_capped_by_the_unseen_text(rt: Runtime):
+    ctx = Context(skills=["pirate-voice"], system="Be brief.", user="Ahoy?")
+    result = rt.splice(ctx, repair=Repair(seam=4, blend=0.9, min_blend=1))
+    unseen = unseen_tokens(result.prompt, 0, rt.resolve("pirate-voice").meta.anchor_ids)
+    assert 0 < unseen and 4 <= result.repaired <= 4 + unseen
