@@ -38,7 +38,8 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def machine(lm) -> str:
+def host() -> str:
+    """The CPU, its cores, and the torch and transformers versions."""
     import torch
     import transformers
 
@@ -51,10 +52,15 @@ def machine(lm) -> str:
     except OSError:
         cpu = platform.processor() or cpu
     where = f"{cpu}, {os.cpu_count()} cores"
-    if str(lm.device).startswith("cuda"):
+    if torch.cuda.is_available():
         where = f"{torch.cuda.get_device_name(0)} (host: {where})"
-    return (f"{where}; torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
-            f"{lm.name} in {lm.dtype} on {lm.device}")
+    return f"{where}; torch {torch.__version__}, transformers {transformers.__version__}"
+
+
+def machine(lm) -> str:
+    import torch
+
+    return f"{host()} ({torch.get_num_threads()} threads), {lm.name} in {lm.dtype} on {lm.device}"
 
 
 def f(x, nd=3) -> str:
@@ -237,6 +243,9 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--lengths", default="512,2048,8000")
     ap.add_argument("--rounds", "--repeats", type=int, default=3, help="interleaved rounds per length")
+    ap.add_argument("--compile-tokens", type=int, default=None, help="skill length compile is timed at (default: min(longest, 2048))")
+    ap.add_argument("--from-json", nargs="+", default=None,
+                    help="write the TTFT tables from the bench results of earlier --json-out files instead of measuring")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's); on a CPU shared with other jobs, 1 avoids threads waiting on each other")
     ap.add_argument("--cases", default=str(REPO / "evals" / "cases.jsonl"))
@@ -264,14 +273,18 @@ def main() -> None:
         log(f"machine: {env}")
         results.update(run_evals(args, lm), machine=env)
         eval_lines = render_eval(results, env)
-    if args.only in ("all", "bench"):
+    if args.from_json:
+        saved = [json.loads(Path(p).read_text()) for p in args.from_json]
+        results["bench"] = [b for doc in saved for b in doc["bench"]]
+        bench_lines = render_bench(results["bench"], host(), args.plot)
+    elif args.only in ("all", "bench"):
         lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
         results["bench"] = []
         for name in [m for m in args.bench_models.split(",") if m.strip()]:
             lm = load_model(name.strip(), device=args.device, dtype=args.dtype)
-            env = machine(lm).rsplit(";", 1)[0]  # the model is named per table
+            env = host()  # the model and threads are named per table
             log(f"bench {name} on {env}")
-            results["bench"].append(run_bench(lm, lengths, rounds=args.rounds, progress=log))
+            results["bench"].append(run_bench(lm, lengths, rounds=args.rounds, progress=log, compile_tokens=args.compile_tokens))
             del lm
             if args.json_out:  # after every model, so a long run's figures survive an interruption
                 Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))

@@ -215,9 +215,11 @@ def _compile_rounds(lm: LoadedModel, registry: Registry, store: LocalStore, n: i
 
 
 @torch.no_grad()
-def run_bench(lm: LoadedModel, lengths: list[int], rounds: int = 3, progress: Progress = None) -> dict:
+def run_bench(lm: LoadedModel, lengths: list[int], rounds: int = 3, progress: Progress = None,
+              compile_tokens: int | None = None) -> dict:
     """TTFT of full prefills against splices, the floor and edits per synthetic skill length, in
-    interleaved rounds (see the module docstring)."""
+    interleaved rounds (see the module docstring); compile is timed at `compile_tokens` (default: the
+    longest length, at most 2048)."""
     say = progress or (lambda s: None)
     rows: list[dict[str, Any]] = []
     t_start, load_start = time.time(), _load()
@@ -239,7 +241,7 @@ def run_bench(lm: LoadedModel, lengths: list[int], rounds: int = 3, progress: Pr
                     say(f"bench {n} tokens, round {i + 1}/{rounds}: " + ", ".join(f"{a} {got[a]:.0f}" for a in ARMS if got[a]))
                 rows.append(_row(b, per_round))
                 b.rt.release(b.base)
-            compile_n = min(max(lengths), 2048)
+            compile_n = compile_tokens or min(max(lengths), 2048)
             say(f"bench: compile against a bare forward, {compile_n} tokens x{rounds}")
             compile_doc = _compile_rounds(lm, registry, store, compile_n, rounds)
         finally:
