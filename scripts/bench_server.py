@@ -1,9 +1,12 @@
 #!/usr/bin/env python
-"""Serving benchmark: one `skillforge serve`, N concurrent clients, a long skill spliced against the same
-text sent as a plain system message (a full prefill), side by side.
+"""Serving benchmark: a long skill spliced against the same text prefilled, with N concurrent clients.
+
+One `skillforge serve`; each request either names the skill (`skills`) or sends its text as a plain
+system message (a full prefill), side by side.
 
     python scripts/bench_server.py                               # 1, 4 and 8 clients, 8 requests per arm and level
     python scripts/bench_server.py --clients 4 --requests 4 --skill-tokens 512    # a quick look
+    python scripts/bench_server.py --threads 1       # the server on one torch thread (a busy, shared CPU)
 
 Each request streams; time to first token is measured at the client, to the first server-sent
 event (sent when the cache is built and the first token taken). At each client count the two arms
@@ -145,6 +148,9 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8, help="per arm and client count (rounded up to a multiple of it)")
     ap.add_argument("--skill-tokens", type=int, default=2048)
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads of the server (OMP_NUM_THREADS); on a CPU shared with other work, 1 avoids "
+                         "OpenMP threads spinning against each other")
     ap.add_argument("--home", default=None, help="SKILLFORGE_HOME to use (default: a temporary folder)")
     ap.add_argument("--out", default="bench_server.json")
     args = ap.parse_args()
@@ -154,6 +160,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="skillforge-bench-server-") as tmp:
         home = Path(args.home or tmp)
         env = {**os.environ, "SKILLFORGE_HOME": str(home)}
+        if args.threads:
+            env["OMP_NUM_THREADS"] = str(args.threads)
         text = write_skill(Path(tmp) / "skill", args.model, args.skill_tokens)
         log(f"compiling a {args.skill_tokens}-token skill ...")
         subprocess.run([str(SKILLFORGE), "compile", str(Path(tmp) / "skill"), "--model", args.model, "--device", args.device,
@@ -186,7 +194,7 @@ def main() -> None:
             server.terminate()
             server.wait(120)
     doc = {"machine": machine(), "model": args.model,
-           "skill_tokens": args.skill_tokens, "max_tokens": args.max_tokens, "requests_per_arm": args.requests,
+           "threads": args.threads or os.environ.get("OMP_NUM_THREADS") or "torch default", "skill_tokens": args.skill_tokens, "max_tokens": args.max_tokens, "requests_per_arm": args.requests,
            "load_average_before_after": [load_before[0], os.getloadavg()[0]], "levels": results}
     Path(args.out).write_text(json.dumps(doc, indent=2))
     print(table(results))
