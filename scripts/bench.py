@@ -122,11 +122,11 @@ def ms(r: dict, key: str) -> str:
     return f"{r[key]:,.0f}" if r.get(key) is not None else "-"
 
 
-def render_bench(benches: list[dict], env: str, plot: str | None) -> list[str]:
-    """The TTFT tables, one pair per model, between the bench markers."""
+def render_bench(benches: list[dict], env: str, plot: str | None, runs: str = "in one run", note: str = "") -> list[str]:
+    """The TTFT tables, one pair per model, between the bench markers; `runs` says how they were run."""
     rounds = benches[0]["rounds"]
     lines = [BENCH_START, "", f"### Time to first token by skill length ({rounds} interleaved rounds per length)", "",
-             f"Measured by `scripts/bench.py --only bench` on {env}, {time.strftime('%Y-%m-%d')}, in one run. Every round "
+             f"Measured by `scripts/bench.py --only bench` on {env}, {time.strftime('%Y-%m-%d')}, {runs}. Every round "
              "runs each arm once, in a rotating order; a ratio is taken within a round (its arms ran seconds apart), "
              "and the tables give the median over rounds with the lowest and highest in brackets. Times are medians, "
              "in ms. Floor: the splice's forward passes alone (template pieces, system and user text, seam and "
@@ -155,6 +155,8 @@ def render_bench(benches: list[dict], env: str, plot: str | None) -> list[str]:
     lines += ["The edit rows change the skill's first line (`Customer tier: A` to `B`): a full re-prefill of the edited "
               "prompt (as many tokens as the original, so the round's full prefill times it) against splicing the compiled skill with the field recomputed in place, or in place plus the "
               "appended erratum (the default edit mode)."]
+    if note:
+        lines += ["", note]
     if plot:
         lines += ["", f"![TTFT by skill length]({plot})"]
     return [*lines, "", BENCH_END]
@@ -246,6 +248,7 @@ def main() -> None:
     ap.add_argument("--compile-tokens", type=int, default=None, help="skill length compile is timed at (default: min(longest, 2048))")
     ap.add_argument("--from-json", nargs="+", default=None,
                     help="write the TTFT tables from the bench results of earlier --json-out files instead of measuring")
+    ap.add_argument("--note", default="", help="a paragraph added under the TTFT tables (what this run left out, and why)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's); on a CPU shared with other jobs, 1 avoids threads waiting on each other")
     ap.add_argument("--cases", default=str(REPO / "evals" / "cases.jsonl"))
@@ -276,7 +279,8 @@ def main() -> None:
     if args.from_json:
         saved = [json.loads(Path(p).read_text()) for p in args.from_json]
         results["bench"] = [b for doc in saved for b in doc["bench"]]
-        bench_lines = render_bench(results["bench"], host(), args.plot)
+        runs = "in one run" if len(saved) == 1 else f"in {len(saved)} runs at the same time (one per model)"
+        bench_lines = render_bench(results["bench"], host(), args.plot, runs, args.note)
     elif args.only in ("all", "bench"):
         lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
         results["bench"] = []
@@ -288,7 +292,7 @@ def main() -> None:
             del lm
             if args.json_out:  # after every model, so a long run's figures survive an interruption
                 Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
-        bench_lines = render_bench(results["bench"], env, args.plot)
+        bench_lines = render_bench(results["bench"], env, args.plot, note=args.note)
     results["wall_s"] = round(time.time() - t0, 1)
 
     if args.json_out:  # first, so a run's figures survive a failure below
