@@ -147,6 +147,19 @@ def subset(cases: list, no_long: bool, sample: int | None, seed: int) -> list:
     return cases
 
 
+def evaluate(lm: Any, cases: list, name: str, skills: str, memo: EvalMemo) -> dict:
+    """One selector variant over the cases; prints its per-kind table."""
+    rep, select = variant(name)
+    with selector(select):
+        doc = run_eval(lm, cases, repair=rep, skills=skills, memo=memo, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"\n== {name}: top1 {doc['top1_agreement']:.3f} greedy16 {doc['greedy16_match']:.3f} kl {doc['kl_mean']:.4f} "
+          f"max {doc['kl_max']:.4f} recomputed {doc['skill_recompute_fraction']:.3f}", flush=True)
+    for k, g in doc["by_kind"].items():
+        print(f"   {k:12s} n={g['cases']:3d} top1 {g['top1_agreement']:.3f} g16 {g['greedy16_match']:.3f} "
+              f"kl {g['kl_mean']:.4f} max {g['kl_max']:.4f} rec {g['skill_recompute_fraction'] or 0:.3f}", flush=True)
+    return doc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -169,17 +182,8 @@ def main() -> None:
             doc = out["variants"][name] = compiled_behind_system(lm, cases, args.skills, memo)
             print(f"\n== system: {doc['cases']} lone-system cases, exact (KL < 1e-4) {doc['exact']}, top1 {doc['top1']}, "
                   f"greedy16 {doc['greedy16']}, repaired tokens {doc['repaired']}", flush=True)
-            continue
-        rep, select = variant(name)
-        with selector(select):
-            doc = run_eval(lm, cases, repair=rep, skills=args.skills, memo=memo,
-                           progress=lambda s: print(s, file=sys.stderr, flush=True))
-        out["variants"][name] = doc
-        print(f"\n== {name}: top1 {doc['top1_agreement']:.3f} greedy16 {doc['greedy16_match']:.3f} kl {doc['kl_mean']:.4f} "
-              f"max {doc['kl_max']:.4f} recomputed {doc['skill_recompute_fraction']:.3f}", flush=True)
-        for k, g in doc["by_kind"].items():
-            print(f"   {k:12s} n={g['cases']:3d} top1 {g['top1_agreement']:.3f} g16 {g['greedy16_match']:.3f} "
-                  f"kl {g['kl_mean']:.4f} max {g['kl_max']:.4f} rec {g['skill_recompute_fraction'] or 0:.3f}", flush=True)
+        else:
+            doc = out["variants"][name] = evaluate(lm, cases, name, args.skills, memo)
         if args.json:
             args.json.write_text(json.dumps(out, indent=1))
 
