@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import skillforge, torch, transformers, moto, psycopg" 2>/dev/null; then
+if ! .venv/bin/python -c "import skillforge, torch, transformers, moto, psycopg, fastapi, uvicorn, prometheus_client, openai" 2>/dev/null; then
   echo "setup: installing into .venv (torch CPU build first, so nothing pulls a CUDA build) ..." >&2
   .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
   .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
