@@ -9,12 +9,13 @@ Where things live:
 Runtime memory (bytes; defaults of Runtime(hot_bytes=..., pool_bytes=...)):
   SKILLFORGE_HOT_CACHE_BYTES   loaded artifacts kept in memory, LRU (default 2 GiB)
   SKILLFORGE_CACHE_POOL_BYTES  released splice caches kept for the next splice (default 1 GiB)
-Read elsewhere, by the code they concern:
+S3 and tests:
+  AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL   the S3 store's endpoint (s3_endpoint_url); credentials, region
+                               and profile (AWS_ACCESS_KEY_ID, ...) are left to boto3's usual chain
+  SKILLFORGE_CRASH_AT          a test hook: die at a named step, as kill -9 would (store/crashpoint.py)
+Written, not read, by skillforge:
   TRANSFORMERS_SDPA_FORCE_GQA  transformers' own switch; skillforge.model.forward sets it to 1 at the
                                first forward unless it is already set (SDPA over the KV heads, no copy)
-  AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
-  AWS_PROFILE                  the S3 store's endpoint and credentials, boto3's usual chain (store/s3.py)
-  SKILLFORGE_CRASH_AT          a test hook: die at a named step, as kill -9 would (store/crashpoint.py)
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ def models_dir() -> Path:
     path = Path(os.environ["SKILLFORGE_MODELS"]) if os.environ.get("SKILLFORGE_MODELS") else home() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def s3_endpoint_url() -> str | None:
+    """The S3 endpoint boto3 users set (MinIO, R2, a loopback test server), or None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def crash_at() -> str | None:
+    """The step at which a test wants the process killed (store/crashpoint.py); None outside tests."""
+    return os.environ.get("SKILLFORGE_CRASH_AT") or None
 
 
 def hot_cache_bytes() -> int:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import signal
 
-ENV = "SKILLFORGE_CRASH_AT"
+from skillforge import config
 
 
 def crash_point(step: str) -> None:
     """Die here, as kill -9 would, if SKILLFORGE_CRASH_AT names `step`."""
-    if os.environ.get(ENV) == step:
+    if config.crash_at() == step:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -8,7 +8,6 @@ path-style addressing. Nothing here hard-codes AWS.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
+from skillforge import config
 from skillforge.errors import BadReference, NotFound, StoreError
 
 MAX_CONCURRENCY = 8
@@ -80,7 +80,7 @@ def make_client(endpoint_url: str | None = None) -> Any:
     A custom endpoint (argument, AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL) gets path-style addressing,
     which MinIO, Ceph and R2 all accept and which works with a bare IP address.
     """
-    custom = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    custom = endpoint_url or config.s3_endpoint_url()
     kwargs: dict[str, Any] = {"retries": {"max_attempts": 5, "mode": "standard"},
                               "max_pool_connections": MAX_CONCURRENCY * 2}
     if custom:
