@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from skillforge.errors import BadReference, EditError, ManifestError, NotFound
-from skillforge.manifest_io import Unreadable, key_lines, parse_toml, probe, prompt_path, read_text, show
+from skillforge.manifest_io import (Reporter, Unreadable, key_lines, optional_text, parse_toml, probe, prompt_path, read_text,
+                                    reject_unknown_keys, require_str, show)
 from skillforge.refs import check_field_name, check_name, check_version, shown, version_key
 
 MANIFEST_FILE = "skill.toml"
@@ -118,14 +119,14 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "Manifest":
         """Inverse of `to_dict`, validated like a skill.toml; errors name `source` (e.g. a pack)."""
-        err = _Reporter(source, None)
+        err = Reporter(source, None)
         if not isinstance(data, dict):
             raise err.fail(None, f"expected a manifest object, got {type(data).__name__}")
-        _reject_unknown_keys(err, data, _DICT_KEYS, "manifest key", ())
+        reject_unknown_keys(err, data, _DICT_KEYS, "manifest key", ())
         for key in ("name", "version", "template"):
             if key not in data:
                 raise err.fail(None, f"missing required key {key!r}")
-        template = _require_str(err, data, "template", ())
+        template = require_str(err, data, "template", ())
         return _build(
             err,
             data,
@@ -205,32 +206,11 @@ def discover(root: Path) -> list[Manifest]:
 # Parsing and validation
 
 
-class _Reporter:
-    """Builds `ManifestError`s naming a file (and line) consistently."""
-
-    def __init__(self, source: str, lines: dict[tuple[str, ...], int] | None):
-        self.source = source
-        self.lines = lines or {}
-
-    def line(self, key: tuple[str, ...]) -> int | None:
-        # The key's own line, else the nearest enclosing table's line.
-        while key:
-            if key in self.lines:
-                return self.lines[key]
-            key = key[:-1]
-        return None
-
-    def fail(self, key: tuple[str, ...] | int | None, message: str) -> ManifestError:
-        lineno = key if isinstance(key, int) else (self.line(key) if key else None)
-        where = f"{self.source}:{lineno}" if lineno else self.source
-        return ManifestError(f"{where}: {message}")
-
-
 def _parse_toml(toml_path: Path, raw: str) -> Manifest:
     data = parse_toml(raw, show(toml_path))
-    err = _Reporter(show(toml_path), key_lines(raw))
+    err = Reporter(show(toml_path), key_lines(raw))
 
-    _reject_unknown_keys(err, data, _TOP_KEYS, "top-level key", ())
+    reject_unknown_keys(err, data, _TOP_KEYS, "top-level key", ())
     for key in ("name", "version"):
         if key not in data:
             raise err.fail(None, f"missing required key {key!r}; add {key} = \"...\" at the top of the file")
@@ -245,7 +225,7 @@ def _parse_toml(toml_path: Path, raw: str) -> Manifest:
         raise err.fail(None, "missing the prompt; add prompt = \"\"\"...\"\"\" or prompt_file = \"prompt.md\"")
 
     if has_prompt:
-        template = _require_str(err, data, "prompt", ())
+        template = require_str(err, data, "prompt", ())
         template_err = err
         prompt_line = err.lines.get(("prompt",))
         raw_lines = raw.splitlines()
@@ -258,7 +238,7 @@ def _parse_toml(toml_path: Path, raw: str) -> Manifest:
                     return i + 1
             return prompt_line
     else:
-        rel = _require_str(err, data, "prompt_file", ())
+        rel = require_str(err, data, "prompt_file", ())
         if not rel.strip():
             raise err.fail(("prompt_file",), "prompt_file is empty; name a file next to skill.toml, e.g. prompt_file = \"prompt.md\"")
         try:
@@ -270,7 +250,7 @@ def _parse_toml(toml_path: Path, raw: str) -> Manifest:
         except Unreadable as e:
             raise err.fail(("prompt_file",), f"cannot read prompt_file {shown(rel)}: {e}") from None
         template = _normalize_newlines(template)  # so offsets below match the text _build checks
-        template_err = _Reporter(show(prompt), None)
+        template_err = Reporter(show(prompt), None)
 
         def template_line(start: int, text: str) -> int | None:
             return template.count("\n", 0, start) + 1
@@ -286,26 +266,26 @@ def _parse_toml(toml_path: Path, raw: str) -> Manifest:
 
 
 def _build(
-    err: _Reporter,
+    err: Reporter,
     data: dict,
     *,
     template: str,
-    template_err: _Reporter,
+    template_err: Reporter,
     template_line: Callable[[int, str], int | None],
     path: Path,
 ) -> Manifest:
     """Validation shared by skill.toml files and manifests that arrive as dicts."""
-    name = _require_str(err, data, "name", ())
+    name = require_str(err, data, "name", ())
     try:
         check_name(name)
     except BadReference as e:
         raise err.fail(("name",), str(e)) from None
-    version = _require_str(err, data, "version", ())
+    version = require_str(err, data, "version", ())
     try:
         check_version(version)
     except BadReference as e:
         raise err.fail(("version",), str(e)) from None
-    description = _optional_text(err, data, "description", (), MAX_DESCRIPTION_CHARS)
+    description = optional_text(err, data, "description", (), MAX_DESCRIPTION_CHARS)
 
     template = _normalize_newlines(template)
     if len(template.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
@@ -353,7 +333,7 @@ def _build(
     return Manifest(name=name, version=version, description=description, template=template, fields=fields, path=path)
 
 
-def _parse_fields(err: _Reporter, skill: str, raw_fields: Any) -> dict[str, FieldSpec]:
+def _parse_fields(err: Reporter, skill: str, raw_fields: Any) -> dict[str, FieldSpec]:
     if not isinstance(raw_fields, dict):
         raise err.fail(("fields",), "fields must be a table: declare each field as [fields.<name>] with a default")
     fields: dict[str, FieldSpec] = {}
@@ -365,53 +345,23 @@ def _parse_fields(err: _Reporter, skill: str, raw_fields: Any) -> dict[str, Fiel
             raise err.fail(key, str(e)) from None
         if not isinstance(spec, dict):
             raise err.fail(key, f"field {fname!r} must be a table; write [fields.{fname}] with default = \"...\"")
-        _reject_unknown_keys(err, spec, _FIELD_KEYS, f"key in [fields.{fname}]", key)
+        reject_unknown_keys(err, spec, _FIELD_KEYS, f"key in [fields.{fname}]", key)
         if "default" not in spec:
             raise err.fail(key, f"field {fname!r} has no default; add default = \"...\" under [fields.{fname}]")
-        default = _require_str(err, spec, "default", key)
+        default = require_str(err, spec, "default", key)
         try:
             validate_value(skill, fname, default)
         except EditError as e:
             raise err.fail(key + ("default",), f"default of field {fname!r} is invalid: {_after_colon(str(e))}") from None
-        description = _optional_text(err, spec, "description", key, MAX_DESCRIPTION_CHARS)
+        description = optional_text(err, spec, "description", key, MAX_DESCRIPTION_CHARS)
         if "label" in spec:
-            label = _optional_text(err, spec, "label", key, MAX_LABEL_CHARS)
+            label = optional_text(err, spec, "label", key, MAX_LABEL_CHARS)
             if not label.strip() or any(c in _LINE_BREAKS for c in label):
                 raise err.fail(key + ("label",), f"label of field {fname!r} must be a non-empty single line")
         else:
             label = fname.replace("_", " ")
         fields[fname] = FieldSpec(name=fname, default=default, description=description, label=label)
     return fields
-
-
-def _require_str(err: _Reporter, table: dict, key: str, parent: tuple[str, ...]) -> str:
-    value = table.get(key)
-    if not isinstance(value, str):
-        table_name = "".join(f"[{p}]" if i == 0 else f".{p}" for i, p in enumerate(parent))
-        where = f"{key!r} in {table_name}" if parent else repr(key)
-        # Only a short number is worth repeating (str() of a 5,000-digit hex integer raises, too).
-        short = type(value) in (int, float) and abs(value) < 1e15
-        hint = f'; quote it: {key} = "{value}"' if short else ""
-        raise err.fail(parent + (key,), f"{where} must be a string, got {_toml_type(value)}{hint}")
-    return value
-
-
-def _optional_text(err: _Reporter, table: dict, key: str, parent: tuple[str, ...], limit: int) -> str:
-    """An optional string of at most `limit` characters ("" when absent)."""
-    if key not in table:
-        return ""
-    value = _require_str(err, table, key, parent)
-    if len(value) > limit:
-        raise err.fail(parent + (key,), f"{key} is {len(value)} characters long; the limit is {limit}")
-    return value
-
-
-def _reject_unknown_keys(err: _Reporter, table: dict, allowed: tuple[str, ...], what: str, parent: tuple[str, ...]) -> None:
-    for key in table:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            mean = f"did you mean {hint[0]!r}? " if hint else ""
-            raise err.fail(parent + (key,), f"unknown {what} {shown(key)}; {mean}(allowed: {', '.join(allowed)})")
 
 
 def _substitute(template: str, values: Mapping[str, str]) -> Rendered:
@@ -449,9 +399,3 @@ def _unknown_fields_message(skill: str, unknown: list[str], known: list[str]) ->
 
 def _after_colon(message: str) -> str:
     return message.split(": ", 1)[1] if ": " in message else message
-
-
-def _toml_type(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", dict: "a table", list: "an array"}.get(
-        type(value), "nothing" if value is None else type(value).__name__
-    )

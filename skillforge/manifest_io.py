@@ -21,6 +21,7 @@ attacker may choose (a shared skills folder is a trust boundary), so:
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -226,3 +227,64 @@ def _closes(text: str, start: int, delim: str) -> bool:
             return True
         i = text.find(delim, i + 1)
     return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Validating parsed TOML tables, with errors that name the file and line
+
+
+class Reporter:
+    """Builds `ManifestError`s naming a file (and line) consistently."""
+
+    def __init__(self, source: str, lines: dict[tuple[str, ...], int] | None):
+        self.source = source
+        self.lines = lines or {}
+
+    def line(self, key: tuple[str, ...]) -> int | None:
+        # The key's own line, else the nearest enclosing table's line.
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return None
+
+    def fail(self, key: tuple[str, ...] | int | None, message: str) -> ManifestError:
+        lineno = key if isinstance(key, int) else (self.line(key) if key else None)
+        where = f"{self.source}:{lineno}" if lineno else self.source
+        return ManifestError(f"{where}: {message}")
+
+
+def require_str(err: Reporter, table: dict, key: str, parent: tuple[str, ...]) -> str:
+    value = table.get(key)
+    if not isinstance(value, str):
+        table_name = "".join(f"[{p}]" if i == 0 else f".{p}" for i, p in enumerate(parent))
+        where = f"{key!r} in {table_name}" if parent else repr(key)
+        # Only a short number is worth repeating (str() of a 5,000-digit hex integer raises, too).
+        short = type(value) in (int, float) and abs(value) < 1e15
+        hint = f'; quote it: {key} = "{value}"' if short else ""
+        raise err.fail(parent + (key,), f"{where} must be a string, got {toml_type(value)}{hint}")
+    return value
+
+
+def optional_text(err: Reporter, table: dict, key: str, parent: tuple[str, ...], limit: int) -> str:
+    """An optional string of at most `limit` characters ("" when absent)."""
+    if key not in table:
+        return ""
+    value = require_str(err, table, key, parent)
+    if len(value) > limit:
+        raise err.fail(parent + (key,), f"{key} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def reject_unknown_keys(err: Reporter, table: dict, allowed: tuple[str, ...], what: str, parent: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, allowed, n=1)
+            mean = f"did you mean {hint[0]!r}? " if hint else ""
+            raise err.fail(parent + (key,), f"unknown {what} {shown(key)}; {mean}(allowed: {', '.join(allowed)})")
+
+
+def toml_type(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", dict: "a table", list: "an array"}.get(
+        type(value), "nothing" if value is None else type(value).__name__
+    )
