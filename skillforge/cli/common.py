@@ -19,6 +19,7 @@ DeviceOpt = typer.Option("auto", "--device", help="auto|cpu|cuda|cuda:N")
 DtypeOpt = typer.Option("auto", "--dtype", help="auto|float32|bfloat16|float16")
 JsonOpt = typer.Option(False, "--json", help="print one JSON document on stdout")
 EditModeOpt = typer.Option("field+erratum", "--edit-mode", help="auto|field+erratum|erratum|in-place|recompute|contrast")
+ErratumOpt = typer.Option(None, "--erratum", help="wording of the override line for edits, with {label}, {value}, {field} and {old} (the compiled value)")
 SeamOpt = typer.Option(None, "--seam", min=0, help="recompute the first K tokens of each skill that follows other text (default 16)")
 RepairOpt = typer.Option(None, "--repair", help="auto (default: seam + blend sized by what the skills missed, up to 15% of "
                          "their tokens; auto:0.3 raises that ceiling), seam, none, or blend:<ratio> (plain CacheBlend)")

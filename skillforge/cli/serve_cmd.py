@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from skillforge.cli.common import DeviceOpt, DtypeOpt, ModelOpt, info, load, open_registry, open_store
+from skillforge.cli.common import DeviceOpt, DtypeOpt, ErratumOpt, ModelOpt, info, load, open_registry, open_store
 from skillforge.errors import BadInput
 
 
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
                                           help="require `Authorization: Bearer <key>` on /v1/* (default: no key)"),
               max_queue: int = typer.Option(64, "--max-queue", help="requests that may wait for the model; one more gets 503"),
               max_active: int = typer.Option(16, "--max-active", help="requests decoded at once, each holding a cache"),
-              erratum: str = typer.Option(None, "--erratum", help="wording of the override line for edits, with {label}, {value}, {field}"),
+              erratum: str = ErratumOpt,
               log_level: str = typer.Option("info", "--log-level", help="critical|error|warning|info|debug")) -> None:
         """Serve POST /v1/chat/completions (OpenAI's schema, plus `skills`, `set`, `edit_mode`, `repair`),
         GET /v1/models, /v1/skills, /health and /metrics. SIGTERM finishes the requests in flight, then exits."""

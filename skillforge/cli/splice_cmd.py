@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from skillforge.cli.common import DeviceOpt, DtypeOpt, EditModeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
+from skillforge.cli.common import DeviceOpt, DtypeOpt, ErratumOpt, EditModeOpt, JsonOpt, ModelOpt, RepairOpt, SeamOpt, emit, info, load, open_registry, open_store
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
                repair: str = RepairOpt,
                set_: list[str] = typer.Option([], "--set", help="skill.field=value (repeatable)"),
                edit_mode: str = EditModeOpt,
-               erratum: str = typer.Option(None, "--erratum", help="wording of the override line for edits, with {label}, {value}, {field}"),
+               erratum: str = ErratumOpt,
                raw: bool = typer.Option(False, "--raw", help="no chat template (base models)"),
                as_json: bool = JsonOpt) -> None:
         """Splice compiled skills into a new context and generate."""
