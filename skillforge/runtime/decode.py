@@ -1,9 +1,12 @@
-"""Decoding from a splice: the first step's logits (already computed by the splice) and greedy
-generation, over one stream or, for the contrast edit mode, over the guided streams at once."""
+"""Decoding from a splice: the first step's logits (already computed by the splice), a one-token step
+over one stream or, for the contrast edit mode, over the guided streams at once (`Decoder`, which the
+server drives token by token), and greedy generation built on that step."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,20 +24,54 @@ def next_logits(result: SpliceResult) -> torch.Tensor:
     return guided(result.logits, [(g.logits, w) for g, w in result.guides])
 
 
+@dataclass
+class Stream:
+    """One cache being decoded: its prompt length (the first new token's position) and its weight in
+    the guided sum (1 for the request's own cache; contrast edits add guide streams, runtime/edits.py)."""
+
+    cache: Any
+    prompt_len: int
+    weight: float = 1.0
+
+
+def streams_of(result: SpliceResult) -> list[Stream]:
+    """A splice's own cache, then its guide streams with their weights."""
+    return [Stream(result.cache, result.input_ids.shape[1]),
+            *(Stream(g.cache, g.input_ids.shape[1], w) for g, w in result.guides)]
+
+
+class Decoder:
+    """Steps a request's streams one token at a time. `logits` holds the next token's distribution."""
+
+    def __init__(self, model: Any, streams: list[Stream], first: torch.Tensor):
+        """`first`: the distribution after the prompt (next_logits, guides already applied)."""
+        self.model = model
+        self.streams = streams
+        self.logits = first
+        self.step = 0
+
+    @torch.no_grad()
+    def advance(self, token: int) -> None:
+        """Feed `token` to every stream; `logits` becomes the distribution of the token after it."""
+        device = self.model.device
+        ids = torch.tensor([[token]], device=device)
+        outs = [run(self.model, ids, cache=s.cache, positions=torch.tensor([[s.prompt_len + self.step]], device=device))
+                for s in self.streams]
+        self.step += 1
+        self.logits = guided(outs[0], [(x, s.weight) for x, s in zip(outs[1:], self.streams[1:])])
+
+
 @torch.no_grad()
 def generate(lm: LoadedModel, result: SpliceResult, max_new_tokens: int = 64) -> tuple[list[int], float]:
     """Greedy decoding from a splice -> (new token ids, time to first token in ms incl. the splice)."""
     t0 = time.perf_counter()
     logits = next_logits(result)
     ttft = result.splice_ms + (time.perf_counter() - t0) * 1000
-    device = result.input_ids.device
-    streams = [result, *(g for g, _ in result.guides)]
+    decoder = Decoder(lm.model, streams_of(result), logits)
 
     def step(tok: int, i: int) -> torch.Tensor:
-        ids = torch.tensor([[tok]], device=device)
-        out = [run(lm.model, ids, cache=r.cache, positions=torch.tensor([[r.input_ids.shape[1] + i]], device=device))
-               for r in streams]
-        return guided(out[0], [(x, w) for x, (_, w) in zip(out[1:], result.guides)])
+        decoder.advance(tok)
+        return decoder.logits
 
     return greedy(logits, step, max_new_tokens, eos_ids(lm.model, lm.tokenizer)).tokens, ttft
 

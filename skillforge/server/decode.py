@@ -1,32 +1,13 @@
-"""One token at a time: the server's decoding, so a request can stream, sample and be interleaved with
-others (Runtime.generate decodes a whole answer greedily in one call).
-
-Each step mirrors runtime/decode.py's greedy generation exactly (the same forward through
-model/forward.py, the same positions, the same guided arithmetic for contrast edits), so a greedy
-request's tokens equal the Python API's. The runtime steps its streams inside a closure of its own
-generate(); `Decoder.advance` is that step as an object the scheduler can call once per round, and
-belongs in runtime/decode.py once the runtime offers one.
+"""What the server adds to the runtime's one-token step (runtime/decode.py's `Decoder`, the same step
+Runtime.generate takes, so a greedy request's tokens equal the Python API's): sampling with a seed of
+the request's own, and stop strings held back until they can no longer match.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-from skillforge.model.forward import run
-from skillforge.runtime.decode import guided
-
-
-@dataclass
-class Stream:
-    """One cache being decoded: its prompt length (the first new token's position) and its weight in
-    the guided sum (1 for the request's own cache; contrast edits add guide streams, runtime/edits.py)."""
-
-    cache: Any
-    prompt_len: int
-    weight: float = 1.0
 
 
 class Sampler:
@@ -53,26 +34,6 @@ class Sampler:
             keep = sorted_p.cumsum(-1) - sorted_p < self.top_p  # the smallest set whose mass reaches top_p
             probs = torch.zeros_like(probs).scatter_(-1, order[keep], sorted_p[keep])
         return int(torch.multinomial(probs, 1, generator=self.generator))
-
-
-class Decoder:
-    """Steps a request's streams one token at a time. `logits` holds the next token's distribution."""
-
-    def __init__(self, model: Any, streams: list[Stream], first: torch.Tensor):
-        """`first`: the distribution after the prompt (Runtime.next_logits, guides already applied)."""
-        self.model = model
-        self.streams = streams
-        self.logits = first
-        self.step = 0
-
-    def advance(self, token: int) -> None:
-        """Feed `token` to every stream; `logits` becomes the distribution of the token after it."""
-        device = self.model.device
-        ids = torch.tensor([[token]], device=device)
-        outs = [run(self.model, ids, cache=s.cache, positions=torch.tensor([[s.prompt_len + self.step]], device=device))
-                for s in self.streams]
-        self.step += 1
-        self.logits = guided(outs[0], [(x, s.weight) for x, s in zip(outs[1:], self.streams[1:])])
 
 
 class StopText:

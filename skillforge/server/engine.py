@@ -19,7 +19,8 @@ from skillforge.errors import ContextTooLong
 from skillforge.model.forward import eos_ids, new_cache, run
 from skillforge.model.loader import LoadedModel
 from skillforge.runtime import Context, Repair, Runtime, SpliceResult
-from skillforge.server.decode import Decoder, Sampler, StopText, Stream
+from skillforge.runtime.decode import Decoder, Stream, streams_of
+from skillforge.server.decode import Sampler, StopText
 from skillforge.server.metrics import Metrics
 from skillforge.server.schemas import ChatRequest, Turns
 
@@ -143,7 +144,7 @@ class Generation:
         budget = self.req.max_completion_tokens or self.req.max_tokens or 256
         self.result = r = rt.splice(ctx, repair=repair, edit_mode=req.edit_mode, extra_capacity=min(budget, 1024) + 1)
         self._budget(r.input_ids.shape[1])
-        streams = [Stream(r.cache, r.input_ids.shape[1])] + [Stream(g.cache, g.input_ids.shape[1], w) for g, w in r.guides]
+        streams = streams_of(r)
         ext: dict[str, Any] = {"artifacts": r.artifacts, "tokens_reused": r.reused, "tokens_computed": r.computed,
                                "tokens_repaired": r.repaired}
         if r.guides:
