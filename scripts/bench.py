@@ -134,7 +134,8 @@ def render_bench(benches: list[dict], env: str, plot: str | None, runs: str = "i
              "after each request, as the server does, so a repeated layout finds its skill's KV already in place.", ""]
     for b in benches:
         loads = [x for r in b["rows"] for rd in r["rounds"] for x in (rd["load_before"], rd["load_after"])]
-        lines += [f"#### {b['model']} ({b['dtype']} on {b['device']}; load average {min(loads):.1f}-{max(loads):.1f} on "
+        raw = "raw prompts (no chat template); " if b.get("raw_prompts") else ""
+        lines += [f"#### {b['model']} ({raw}{b['dtype']} on {b['device']}; load average {min(loads):.1f}-{max(loads):.1f} on "
                   f"{b['cpu_count']} cores, {b['threads']} torch threads; {b['wall_s'] / 60:.0f} min)", "",
                   "| skill tokens | full prefill | splice (store) | splice (hot) | floor | speedup store | speedup hot | store / floor | hot / floor |",
                   "|---|---|---|---|---|---|---|---|---|"]

@@ -93,7 +93,7 @@ def build_prompt(tokenizer: Any, system: str, skill_texts: list[str], user: str,
         enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         base = 0
     else:
-        if not getattr(tokenizer, "chat_template", None):
+        if not has_chat_template(tokenizer):
             raise BadInput("this model's tokenizer has no chat template (a base model): use a raw prompt "
                            "(--raw, Context(raw=True)), which joins the texts by blank lines after the tokenizer's prefix")
         messages = ([{"role": "system", "content": content}] if content else []) + turns + [{"role": "user", "content": user}]
@@ -135,6 +135,12 @@ def align(artifact_ids: list[int], context_ids: list[int]) -> list[Block]:
     return blocks
 
 
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer can render chat messages: base models (gemma-3-270m) ship without a template,
+    so their prompts are raw text."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def raw_prefix(tokenizer: Any) -> list[int]:
     """Token ids a raw prompt starts with: the tokenizer's own prefix (BOS for gemma, none for SmolLM2)."""
     return list(tokenizer("", add_special_tokens=True)["input_ids"])
@@ -142,7 +148,7 @@ def raw_prefix(tokenizer: Any) -> list[int]:
 
 def template_anchor(tokenizer: Any) -> list[int]:
     """Token ids a chat prompt has before the system message's content (the raw prefix without a template)."""
-    if getattr(tokenizer, "chat_template", None):
+    if has_chat_template(tokenizer):
         text = tokenizer.apply_chat_template([{"role": "system", "content": _SENTINEL}], tokenize=False)
         prefix = text[: text.index(_SENTINEL)]
         return tokenizer(prefix, add_special_tokens=False)["input_ids"]

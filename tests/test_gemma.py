@@ -141,3 +141,28 @@ def test_anchor_none_is_what_a_raw_prompt_starts_with(gemma_lm):
 
     assert resolve_anchor(gemma_lm.tokenizer, "none") == [gemma_lm.tokenizer.bos_token_id]
     assert raw_ids(gemma_lm, SHORT, QUESTION)[:1] == resolve_anchor(gemma_lm.tokenizer, "none")
+
+
+def test_eval_on_a_base_model_runs_every_case_as_a_raw_prompt(gemma_lm):
+    """Eval cases written for chat models run on a base model as raw prompts, and the document says so;
+    run_eval itself checks that the spliced tokens equal transformers' tokenization of the raw prompt."""
+    from skillforge.eval import run_eval
+
+    manifest = Manifest.from_dict({"name": "refunds", "version": "1.0.0", "description": "", "template": SHORT, "fields": {}},
+                                  source="test")
+    cases = [{"id": "lone", "skills": ["refunds"], "user": QUESTION},
+             {"id": "behind-system", "skills": ["refunds"], "system": SYSTEM, "user": QUESTION}]
+    doc = run_eval(gemma_lm, cases, skills=[manifest])
+    assert doc["raw_prompts"] == "all (no chat template)" and doc["cases"] == 2
+    lone, behind = doc["per_case"]
+    assert lone["kl"] < 1e-6 and lone["top1"] and lone["repaired"] == 0  # right behind BOS, as compiled: exact
+    assert behind["repaired"] > 0  # after the system text: repaired
+
+
+def test_bench_on_a_base_model_splices_raw_prompts(gemma_lm):
+    from skillforge.eval import run_bench
+
+    doc = run_bench(gemma_lm, [48], rounds=1)
+    assert doc["raw_prompts"] is True
+    row = doc["rows"][0]
+    assert row["full_ms"] > 0 and row["splice_store_ms"] > 0 and 0 < row["edit_computed_inplace"] < row["prompt_tokens"]

@@ -53,7 +53,8 @@ def format_bench(doc: dict) -> str:
               for r in doc["rows"]]
     c = doc["compile_over_bare"]
     lines = [f"model {doc['model']} on {doc['device']} ({doc.get('dtype', '')}), {doc['rounds']} interleaved rounds; "
-             f"load average {doc['load']['start']} -> {doc['load']['end']} on {doc['cpu_count']} cores",
+             f"load average {doc['load']['start']} -> {doc['load']['end']} on {doc['cpu_count']} cores"
+             + ("; raw prompts (the model has no chat template)" if doc.get("raw_prompts") else ""),
              "median ms per arm:", table(times, cols), "",
              "per-round ratios, median (min-max):", table(ratios, list(ratios[0])), "",
              f"compile {doc['compile_tokens_per_s']} tokens/s; bare forward of the same tokens {doc['bare_forward_tokens_per_s']} "

@@ -73,7 +73,8 @@ def format_eval(doc: dict) -> str:
                  "splice_ms": f"{r['ttft_splice_ms']:.0f}"} for r in plain]
         out.append(table(rows, list(rows[0])))
         out.append("")
-        out.append(f"repair {doc['repair']}  baseline {doc['baseline'] or '-'}  cases {doc['cases']}")
+        out.append(f"repair {doc['repair']}  baseline {doc['baseline'] or '-'}  cases {doc['cases']}  "
+                   f"raw prompts: {doc.get('raw_prompts', '-')}")
         out.append(f"top1 {f(doc['top1_agreement'], 3)}  greedy16 {f(doc['greedy16_match'], 3)} (diverged at full-arm "
                    f"margins <= {f(doc['greedy16_divergence_margin_max'], 3)} logits)  "
                    f"kl mean {f(doc['kl_mean'])} max {f(doc['kl_max'])}  cosine mean {f(doc['logit_cosine_mean'])} "

@@ -34,7 +34,7 @@ from skillforge.errors import ContextTooLong, EditError
 from skillforge.manifest import Manifest, discover
 from skillforge.model.forward import new_cache, run
 from skillforge.model.loader import LoadedModel
-from skillforge.prompt import build_prompt, resolve_anchor, tokenize_with_offsets
+from skillforge.prompt import build_prompt, has_chat_template, resolve_anchor, tokenize_with_offsets
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Runtime
 from skillforge.store import LocalStore
@@ -138,8 +138,9 @@ class _LengthBench:
         self.outcome = compile_manifests(lm, [self.manifest], registry, store)[0]
         self.rt = Runtime(lm, registry, store)
         name = self.manifest.name
-        self.ctx = Context(skills=[name], system=BENCH_SYSTEM, user=BENCH_USER)
-        self.edited = {mode: Context(skills=[name], system=BENCH_SYSTEM, user=BENCH_USER, set={f"{name}.{FIELD}": NEW})
+        raw = not has_chat_template(lm.tokenizer)  # a base model: the same texts as a raw prompt
+        self.ctx = Context(skills=[name], system=BENCH_SYSTEM, user=BENCH_USER, raw=raw)
+        self.edited = {mode: Context(skills=[name], system=BENCH_SYSTEM, user=BENCH_USER, raw=raw, set={f"{name}.{FIELD}": NEW})
                        for mode in ("in-place", "field+erratum")}
         self.base = self.rt.splice(self.ctx)  # warms the page cache and the hot cache; the floor's cache
         self.prompt_tokens = len(self.base.prompt.ids)
@@ -148,7 +149,7 @@ class _LengthBench:
         device = lm.model.device
         self.ids = torch.tensor([self.base.prompt.ids], device=device)
         edited_text = self.manifest.render({FIELD: NEW}).text
-        self.edited_ids = torch.tensor([build_prompt(lm.tokenizer, BENCH_SYSTEM, [edited_text], BENCH_USER).ids], device=device)
+        self.edited_ids = torch.tensor([build_prompt(lm.tokenizer, BENCH_SYSTEM, [edited_text], BENCH_USER, raw).ids], device=device)
         self.same_length = self.edited_ids.shape[1] == self.ids.shape[1]  # then `full` times the re-prefill too
         self.computed: dict[str, int] = {"splice": self.base.computed}
         for mode, ctx in self.edited.items():
@@ -247,6 +248,7 @@ def run_bench(lm: LoadedModel, lengths: list[int], rounds: int = 3, progress: Pr
         finally:
             registry.close()
     return {"model": lm.name, "device": str(lm.device), "dtype": lm.dtype, "rounds": rounds, "rows": rows,
+            "raw_prompts": not has_chat_template(lm.tokenizer),
             **compile_doc, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
             "load": {"start": load_start, "end": _load()}, "wall_s": round(time.time() - t_start, 1),
             "floor": ("the splice's forward passes alone (template pieces, system and user text, seam and repaired "

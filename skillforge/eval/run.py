@@ -21,6 +21,7 @@ Timings are wall-clock medians on whatever machine runs this; on a shared CPU th
 from __future__ import annotations
 
 import statistics
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,7 @@ from skillforge.eval.metrics import answer_logits, first_word, kl, logit_cosine,
 from skillforge.eval.values import value_check, value_summary
 from skillforge.manifest import Manifest, discover
 from skillforge.model.loader import LoadedModel
+from skillforge.prompt import has_chat_template
 from skillforge.runtime import Repair, Runtime
 from skillforge.runtime.edits import group_assignments
 
@@ -167,6 +169,9 @@ def run_eval(lm: LoadedModel, cases: list[Case] | list[dict], repair: Repair | N
     if baseline not in (None, *BASELINES):
         raise BadInput(f"unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}")
     cases = [c if isinstance(c, Case) else Case.from_dict(c, f"case {i + 1}") for i, c in enumerate(cases)]
+    raw_only = not has_chat_template(lm.tokenizer)
+    if raw_only:  # a base model (gemma-3-270m): every case as a raw prompt, and the document says so
+        cases = [replace(c, raw=True) for c in cases]
     if isinstance(skills, (str, Path)):
         skills = discover(Path(skills))
     repair = repair or Repair()
@@ -197,7 +202,7 @@ def run_eval(lm: LoadedModel, cases: list[Case] | list[dict], repair: Repair | N
     doc: dict[str, Any] = {
         "model": lm.name, "fingerprint": lm.fingerprint.digest, "device": str(lm.device),
         "repair": repair.describe() if rotate else "none (no rotation)", "baseline": baseline,
-        "edit_mode": edit_mode, "cases": len(p),
+        "edit_mode": edit_mode, "cases": len(p), "raw_prompts": "all (no chat template)" if raw_only else "as the cases say",
         "logit_cosine_mean": mean([r["logit_cosine"] for r in p]),
         "logit_cosine_min": min((r["logit_cosine"] for r in p), default=None),
         "kl_mean": mean([r["kl"] for r in p]),
