@@ -5,12 +5,14 @@ rounds); rewrites the README's results section and docs/bench.png.
 
     SKILLFORGE_HOME=/tmp/benchhome python scripts/bench.py            # the full run (an hour or more on a CPU)
     python scripts/bench.py --only bench                               # TTFT tables only (their own markers)
+    python scripts/bench.py --only models                              # the splice table on --eval-models
     python scripts/bench.py --only bench --lengths 256,512 --rounds 1 --bench-models smollm2-135m   # a quick check
 
 Everything runs in one process, so full-recompute references are computed once and shared by every
 repair setting. Only the text between `<!-- results:start -->` and `<!-- results:end -->` in README.md
 is touched (the section is appended if the markers are missing); `--only bench` touches only the text
-between `<!-- bench:start -->` and `<!-- bench:end -->` inside it, and `--only eval` keeps that block.
+between `<!-- bench:start -->` and `<!-- bench:end -->` inside it, `--only models` only the per-model
+splice tables between `<!-- models:start -->` and `<!-- models:end -->`, and `--only eval` keeps both.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
+MODELS_START, MODELS_END = "<!-- models:start -->", "<!-- models:end -->"
 LEGACY_BENCH_HEADING = "### Time to first token by skill length"
 # (label, --seam, --repair): seam-only repairs of growing width, then blend (see runtime/repair.py)
 CURVE = [("seam 0, no blend", 0, "seam"), ("seam 1, no blend", 1, "seam"), ("seam 4, no blend", 4, "seam"),
@@ -175,20 +178,40 @@ def between(text: str, start: str, end: str) -> tuple[int, int] | None:
     return None
 
 
-def update_readme(readme: Path, eval_lines: list[str] | None, bench_lines: list[str] | None) -> None:
-    """Rewrite the results section: the eval part if given, the bench block if given, the rest kept."""
+def _block(old: str, start: str, end: str, lines: list[str] | None) -> str:
+    """A marked block's new text: `lines` if given, else what `old` has between the markers ('' if nothing)."""
+    if lines:
+        return "\n".join(lines)
+    found = between(old, start, end)
+    return old[found[0] : found[1]] if found else ""
+
+
+def update_readme(readme: Path, eval_lines: list[str] | None, bench_lines: list[str] | None,
+                  models_lines: list[str] | None = None) -> None:
+    """Rewrite the results section: the eval part if given, the per-model block and the bench block if
+    given, the rest kept."""
     text = readme.read_text(encoding="utf-8") if readme.exists() else ""
     section = between(text, START, END)
     old = text[section[0] : section[1]] if section else f"{START}\n\n{END}"
-    old_bench = between(old, BENCH_START, BENCH_END)
-    bench = "\n".join(bench_lines) if bench_lines else (old[old_bench[0] : old_bench[1]] if old_bench else "")
+    models = _block(old, MODELS_START, MODELS_END, models_lines)
+    bench = _block(old, BENCH_START, BENCH_END, bench_lines)
     if eval_lines is not None:
-        new = "\n".join([START, "", *eval_lines, bench, "", END])
-    elif old_bench:
-        new = old[: old_bench[0]] + bench + old[old_bench[1] :]
-    else:  # a section written before the bench had markers: its TTFT part runs to the end
-        cut = old.find(LEGACY_BENCH_HEADING)
-        new = old[: cut if cut >= 0 else old.index(END)] + bench + "\n\n" + END
+        new = "\n".join([START, "", *eval_lines, *([models, ""] if models else []), bench, "", END])
+    else:
+        new = old
+        if between(new, BENCH_START, BENCH_END):
+            found = between(new, BENCH_START, BENCH_END)
+            new = new[: found[0]] + bench + new[found[1] :]
+        else:  # a section written before the bench had markers: its TTFT part runs to the end
+            cut = new.find(LEGACY_BENCH_HEADING)
+            new = new[: cut if cut >= 0 else new.index(END)] + bench + "\n\n" + END
+        if models_lines:
+            found = between(new, MODELS_START, MODELS_END)
+            if found:
+                new = new[: found[0]] + models + new[found[1] :]
+            else:  # first time: before the bench block
+                at = new.index(BENCH_START) if BENCH_START in new else new.index(END)
+                new = new[:at] + models + "\n\n" + new[at:]
     if section:
         text = text[: section[0]] + new + text[section[1] :]
     else:
@@ -237,11 +260,51 @@ def run_evals(args: argparse.Namespace, lm) -> dict:
     return results
 
 
+def run_model_evals(args: argparse.Namespace, name: str) -> dict:
+    """The splice table's default and baselines on one more model (no repair curve, no edits)."""
+    from skillforge.build import compile_manifests
+    from skillforge.cli.common import open_registry, open_store
+    from skillforge.eval import EvalMemo, load_cases, run_eval
+    from skillforge.manifest import discover
+    from skillforge.model import load_model
+
+    lm = load_model(name, device=args.device, dtype=args.dtype)
+    registry, store = open_registry(), open_store()
+    cases = load_cases(args.cases)
+    wanted = {s for c in cases for s in c.skills}
+    compile_manifests(lm, [m for m in discover(Path(args.skills)) if m.name in wanted or m.ref in wanted], registry, store)
+    memo = EvalMemo()
+    doc: dict = {"model": name, "machine": machine(lm), "cases_file": _shown(args.cases)}
+    for label, baseline in (("default", None), ("no-rotation", "no-rotation"), ("plain", "plain")):
+        t = time.time()
+        d = doc[label] = run_eval(lm, cases, baseline=baseline, registry=registry, store=store, memo=memo)
+        log(f"eval {name} {label}: top1 {d['top1_agreement']:.3f} greedy16 {d['greedy16_match']:.3f} kl {d['kl_mean']:.4f} "
+            f"({time.time() - t:.0f} s)")
+    return doc
+
+
+def render_models(docs: list[dict]) -> list[str]:
+    """One splice table per extra model, between the models markers."""
+    lines = [MODELS_START, ""]
+    for doc in docs:
+        d = doc["default"]
+        raw = " Its tokenizer has no chat template: every case ran as a raw prompt." if d["raw_prompts"].startswith("all") else ""
+        lines += [f"### Splice against full recompute on {doc['model']} ({d['cases']} contexts, `{doc['cases_file']}`)", "",
+                  f"Measured by `scripts/bench.py --only models` on {doc['machine']}, {time.strftime('%Y-%m-%d')}.{raw}", "",
+                  "| setting | top-1 agreement | greedy-16 match | diverged at margin <= | KL mean | cosine min | reused of prompt | skill tokens recomputed | TTFT full ms | TTFT splice ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|",
+                  eval_row(f"default ({d['repair']})", d), eval_row("baseline: no rotation", doc["no-rotation"]),
+                  eval_row("baseline: plain (no anchor, no seam)", doc["plain"]), ""]
+    return [*lines, MODELS_END]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="the model the eval tables measure")
     ap.add_argument("--bench-models", default="smollm2-135m,qwen2.5-coder-0.5b", help="the models the TTFT tables measure, in order")
-    ap.add_argument("--only", choices=("all", "eval", "bench"), default="all")
+    ap.add_argument("--eval-models", default="gemma-3-270m,qwen2.5-coder-0.5b,qwen2.5-coder-1.5b",
+                    help="more models the splice table (default repair and baselines) is measured on, one table each")
+    ap.add_argument("--only", choices=("all", "eval", "models", "bench"), default="all")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--lengths", default="512,2048,8000")
@@ -277,10 +340,18 @@ def main() -> None:
         log(f"machine: {env}")
         results.update(run_evals(args, lm), machine=env)
         eval_lines = render_eval(results, env)
+    models_lines = None
+    if args.only in ("all", "models"):
+        results["models"] = []
+        for name in [m.strip() for m in args.eval_models.split(",") if m.strip()]:
+            results["models"].append(run_model_evals(args, name))
+            if args.json_out:  # after every model, so a long run's figures survive an interruption
+                Path(args.json_out).write_text(json.dumps(results, indent=2, default=str))
+        models_lines = render_models(results["models"])
     if args.from_json:
         saved = [json.loads(Path(p).read_text()) for p in args.from_json]
         results["bench"] = [b for doc in saved for b in doc["bench"]]
-        runs = "in one run" if len(saved) == 1 else f"in {len(saved)} runs at the same time (one per model)"
+        runs = "in one run" if len(saved) == 1 else f"in {len(saved)} runs (one per model; see the note below the tables)"
         bench_lines = render_bench(results["bench"], host(), args.plot, runs, args.note)
     elif args.only in ("all", "bench"):
         lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
@@ -301,7 +372,7 @@ def main() -> None:
     readme = Path(args.readme)
     if bench_lines:
         plot_bench(results["bench"], readme.parent / args.plot)
-    update_readme(readme, eval_lines, bench_lines)
+    update_readme(readme, eval_lines, bench_lines, models_lines)
     log(f"wrote the results section of {readme} in {results['wall_s'] / 60:.1f} min")
 
 

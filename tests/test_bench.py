@@ -78,3 +78,12 @@ def test_readme_writer_touches_only_its_block(tmp_path: Path):
     script.update_readme(readme, None, [script.BENCH_START, "NEW BENCH", script.BENCH_END])
     text = readme.read_text()
     assert "NEW EVAL" in text and "NEW BENCH" in text and "2.00 (1.50-2.50)" not in text
+    script.update_readme(readme, None, None, [script.MODELS_START, "MODEL TABLES", script.MODELS_END])
+    text = readme.read_text()  # the per-model block goes in before the bench block, the rest kept
+    assert text.index("NEW EVAL") < text.index("MODEL TABLES") < text.index("NEW BENCH") and text.count(script.MODELS_START) == 1
+    script.update_readme(readme, ["NEWER EVAL"], None)
+    text = readme.read_text()
+    assert "NEW EVAL" not in text and text.index("NEWER EVAL") < text.index("MODEL TABLES") < text.index("NEW BENCH")
+    script.update_readme(readme, None, None, [script.MODELS_START, "OTHER MODELS", script.MODELS_END])
+    text = readme.read_text()
+    assert "MODEL TABLES" not in text and text.count("OTHER MODELS") == 1 and text.endswith("## after\n")
