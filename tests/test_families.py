@@ -166,6 +166,8 @@ def test_remap_matches_direct_prefill(tok, family, position):
     for layer, ((k0, v0), (kd, vd)) in enumerate(zip(at_zero, direct)):
         cos, sin = spec.angle_delta(layer, src, dst)
         moved = spec.shift(layer, k0, cos, sin)
+        # cos given over the full rotary width (what the splice passes) rotates to the very same bits
+        assert torch.equal(spec.shift(layer, k0, *spec.angle_delta(layer, src, dst, wide=True)), moved)
         scale = max(1.0, float(kd.abs().max()))
         assert moved.dtype == kd.dtype and moved.shape == kd.shape
         torch.testing.assert_close(moved, kd, atol=1e-4 * scale, rtol=0, msg=lambda m: f"{family} layer {layer} keys: {m}")

@@ -180,7 +180,7 @@ class Splicer:
             if moved:
                 freq = self.rope.layers[layer].inv_freq
                 if id(freq) not in trig:
-                    cos, sin = self.rope.angle_delta(layer, src, dst)
+                    cos, sin = self.rope.angle_delta(layer, src, dst, wide=True)
                     trig[id(freq)] = (cos.to(device), sin.to(device))
                 if slots is None:  # rotated straight into the destination slots
                     self.rope.shift(layer, keys, *trig[id(freq)], out=ck[:, c : c + n])
