@@ -14,7 +14,7 @@ from skillforge.eval.bench import ARMS, round_ratios
 
 from tiny_models import build
 
-ROW_KEYS = {"tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "edit_full_ms", "edit_inplace_ms",
+ROW_KEYS = {"tokens", "full_ms", "splice_cold_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "edit_full_ms", "edit_inplace_ms",
             "edit_erratum_ms", "speedup_store", "speedup_hot", "bytes_per_token"}
 
 

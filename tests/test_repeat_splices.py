@@ -80,6 +80,18 @@ def test_a_repeated_splice_rewrites_only_the_slots_computed_since(rt: Runtime, m
     assert sum(writes) == second.repaired
 
 
+def test_after_the_pool_forgets_a_splice_rewrites_the_whole_skill(rt: Runtime, monkeypatch: pytest.MonkeyPatch):
+    """The bench's new-layout arm: the pooled memory is reused, nothing in it is trusted."""
+    ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
+    expected = fresh(rt, ctx)
+    rt.release(rt.splice(ctx))
+    rt.pool.forget()
+    writes = count_writes(monkeypatch)
+    again = rt.splice(ctx)
+    assert_same(snapshot(again), expected)
+    assert sum(writes) == again.skill_tokens
+
+
 @pytest.mark.parametrize("between", [
     Context(skills=["refund-desk"], system="A much longer system text, so the skill moves to other slots.", user="Hi"),
     Context(skills=["pirate-voice"], system="Be brief.", user="Hello?"),

@@ -45,10 +45,10 @@ def ratio(r: dict, name: str) -> str:
 
 def format_bench(doc: dict) -> str:
     """Human rendering: median times per arm, the per-round ratios, compile against a bare forward."""
-    cols = ["tokens", "full_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "edit_full_ms", "edit_inplace_ms",
+    cols = ["tokens", "full_ms", "splice_cold_ms", "splice_store_ms", "splice_hot_ms", "floor_ms", "edit_full_ms", "edit_inplace_ms",
             "edit_erratum_ms"]
     times = [{c: r.get(c, "-") for c in cols} for r in doc["rows"]]
-    ratios = [{"tokens": r["tokens"], **{n: ratio(r, n) for n in ("speedup_store", "speedup_hot", "store_over_floor",
+    ratios = [{"tokens": r["tokens"], **{n: ratio(r, n) for n in ("speedup_cold", "speedup_store", "speedup_hot", "cold_over_floor", "store_over_floor",
                                                                   "hot_over_floor", "edit_speedup_inplace", "edit_speedup_erratum")}}
               for r in doc["rows"]]
     c = doc["compile_over_bare"]

@@ -188,6 +188,12 @@ class CachePool:
         while sum(c.nbytes for c in self.caches) > self.max_bytes:
             self.caches.pop(0)  # the oldest goes first
 
+    def forget(self) -> None:
+        """Forget what the pooled caches hold (their memory stays): the next splice writes every slot,
+        as after a request for other skills. The bench's cold arm."""
+        for cache in self.caches:
+            cache.contents.held = {}
+
     def take(self, shapes: list[tuple[int, int, int]], capacity: int, dtype: torch.dtype, device: torch.device) -> SpliceCache | None:
         fitting = [c for c in self.caches if c.fits(shapes, capacity, dtype, device)]
         if not fitting:
