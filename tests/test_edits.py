@@ -71,7 +71,7 @@ def test_erratum_keeps_the_skill_and_computes_only_the_erratum(setup):
     result = splice(setup, "guest", "erratum")
     lm, _, skill = setup
     assert skill.meta.text in result.prompt.text
-    assert result.prompt.text.count("[STATE UPDATE] The account role has changed to guest") == 1
+    assert result.prompt.text.count("[STATE UPDATE] The account role is now guest, not verified_admin.") == 1
     erratum = result.prompt.tokens_within(*result.prompt.errata_spans[0])
     assert result.edits[0]["tokens_computed"] == len(erratum)
     assert result.reused == skill.meta.tokens  # the whole skill still comes from the artifact
@@ -177,8 +177,8 @@ def test_contrast_subtracts_the_erratum_line_from_field_plus_erratum(setup):
     result = splice(setup, "guest", "contrast")
     (stale, w_stale), (null, w_null) = result.guides
     assert (w_stale, w_null) == (1.0, -1.0) and result.edits[0]["mode"] == "contrast"
-    assert "has changed to guest" in result.prompt.text and "[STATE UPDATE]" not in stale.prompt.text
-    assert null.prompt.text.count("[STATE UPDATE] The account role has changed to verified_admin") == 1
+    assert "is now guest, not verified_admin" in result.prompt.text and "[STATE UPDATE]" not in stale.prompt.text
+    assert null.prompt.text.count("[STATE UPDATE] The account role is now verified_admin, not guest.") == 1
     assert skill.meta.text in null.prompt.text and skill.meta.text in stale.prompt.text
     null_erratum = null.prompt.tokens_within(*null.prompt.errata_spans[0])
     plain = splice(setup, "guest", "field+erratum")
