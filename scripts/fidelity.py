@@ -13,6 +13,7 @@ the default:
   oracleR     seam 16, then the tokens whose K/V (all layers) deviate most from a full prefill, until R:
               an upper bound for any selector at that budget (REFERENCE.md's cheap check)
   oraclenosR  the same oracle, no seam: R of the skill tokens by deviation alone
+  probeN      the default repair with its probe at layer index N (where deviation and attention are read)
   system      (lone-system cases only) each skill compiled behind the case's own system text
               (`compile --system`), spliced with the default repair: how often that makes a splice exact
 Subsets: --no-long drops cases with the three long skills (over 2,000 tokens); --sample N draws N
@@ -90,6 +91,9 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), None
     if name == "seam16":
         return Repair(blend=0.0), None
+    probe = re.fullmatch(r"probe(\d+)", name)
+    if probe:
+        return Repair(probe_layer=int(probe.group(1))), None
     m = re.fullmatch(r"(fill|oracle|oraclenos)(\d+)", name)
     if not m:
         raise SystemExit(f"unknown variant {name!r}")
