@@ -189,7 +189,8 @@ def test_eval_end_to_end_on_tiny_model(tiny):
     assert two["repaired"] > 0  # skills that follow other text get their seam recomputed
     assert 0 < doc["reused_fraction"] < 1 and 0 < doc["skill_recompute_fraction"] < 1
     edit = doc["per_case"][2]
-    assert edit["tokens_computed"] > 0 and 0 < doc["edits"]["computed_fraction"] < 1
+    # the field's tokens and the erratum line (on this short test skill the erratum is about the skill's size)
+    assert edit["tokens_computed"] > 0 and doc["edits"]["computed_fraction"] > 0
     assert math.isfinite(edit["recovery"]) and edit["kl_full"] >= 0 and "kl_full_mean" in doc["edits"]
     assert (edit["decision"] is not None) == edit["oracle_flips"] and "decision_recovery_mean" in doc["edits"]
     json.dumps(doc)  # the contract is plain JSON
