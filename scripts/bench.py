@@ -354,7 +354,7 @@ def main() -> None:
     if args.from_json:
         saved = [json.loads(Path(p).read_text()) for p in args.from_json]
         results["bench"] = [b for doc in saved for b in doc["bench"]]
-        runs = "in one run" if len(saved) == 1 else f"in {len(saved)} runs (one per model; see the note below the tables)"
+        runs = "in one run" if len(saved) == 1 else f"in {len(saved)} runs (see the note below the tables)"
         bench_lines = render_bench(results["bench"], host(), args.plot, runs, args.note)
     elif args.only in ("all", "bench"):
         lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
