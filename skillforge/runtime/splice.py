@@ -182,13 +182,11 @@ class Splicer:
                 if id(freq) not in trig:
                     cos, sin = self.rope.angle_delta(layer, src, dst, wide=True)
                     trig[id(freq)] = (cos.to(device), sin.to(device))
-                if slots is None:  # rotated straight into the destination slots
-                    self.rope.shift(layer, keys, *trig[id(freq)], out=ck[:, c : c + n])
-                    cv[:, c : c + n] = v[:, pick]
-                    continue
-                keys = self.rope.shift(layer, keys, *trig[id(freq)])
+                # a whole block is rotated straight into its slots; scattered slots go through a temporary
+                keys = self.rope.shift(layer, keys, *trig[id(freq)], out=ck[:, c : c + n] if slots is None else None)
             if slots is None:
-                ck[:, c : c + n] = keys
+                if not moved:
+                    ck[:, c : c + n] = keys
                 cv[:, c : c + n] = v[:, pick]
             else:
                 ck.index_copy_(1, index, keys.to(ck.dtype))
