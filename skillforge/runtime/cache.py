@@ -55,6 +55,10 @@ class Contents:
             held = self.held.setdefault(source, torch.full((capacity,), -1, dtype=torch.int64))
             held[c : c + n] = torch.arange(a, a + n)
 
+    def forget(self) -> None:
+        """Nothing is known about any slot any more (the memory itself is left as it is)."""
+        self.held = {}
+
     def clear(self, slots: slice | torch.Tensor) -> None:
         """`slots` were written by something else: they no longer hold any artifact token."""
         for held in self.held.values():  # slots past a held map's end (the cache grew since) were never held
@@ -192,7 +196,7 @@ class CachePool:
         """Forget what the pooled caches hold (their memory stays): the next splice writes every slot,
         as after a request for other skills. The bench's cold arm."""
         for cache in self.caches:
-            cache.contents.held = {}
+            cache.contents.forget()
 
     def take(self, shapes: list[tuple[int, int, int]], capacity: int, dtype: torch.dtype, device: torch.device) -> SpliceCache | None:
         fitting = [c for c in self.caches if c.fits(shapes, capacity, dtype, device)]
