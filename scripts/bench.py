@@ -224,29 +224,42 @@ def update_readme(readme: Path, eval_lines: list[str] | None, bench_lines: list[
     os.replace(tmp, readme)
 
 
-def run_evals(args: argparse.Namespace, lm) -> dict:
-    """Every eval table: the default, the baselines, the repair curve, and each edit mode."""
+def open_with_skills(args: argparse.Namespace, lm, cases: list) -> tuple:
+    """The registry and store, with every skill the cases name compiled for `lm` (idempotent)."""
     from skillforge.build import compile_manifests
     from skillforge.cli.common import open_registry, open_store
-    from skillforge.eval import EvalMemo, load_cases, run_eval
     from skillforge.manifest import discover
+
+    registry, store = open_registry(), open_store()
+    wanted = {s for c in cases for s in c.skills}
+    manifests = [m for m in discover(Path(args.skills)) if m.name in wanted or m.ref in wanted]
+    compile_manifests(lm, manifests, registry, store, on_done=lambda o: log(f"skill {o.name}@{o.version}: {o.tokens} tokens"))
+    return registry, store
+
+
+def timed_eval(label: str, lm, cases: list, **kw) -> dict:
+    """run_eval, with its headline figures and wall time logged under `label`."""
+    from skillforge.eval import run_eval
+
+    t = time.time()
+    d = run_eval(lm, cases, **kw)
+    log(f"eval {label}: top1 {d['top1_agreement']:.3f} greedy16 {d['greedy16_match']:.3f} kl {d['kl_mean']:.4f} "
+        f"({time.time() - t:.0f} s)")
+    return d
+
+
+def run_evals(args: argparse.Namespace, lm) -> dict:
+    """Every eval table: the default, the baselines, the repair curve, and each edit mode."""
+    from skillforge.eval import EvalMemo, load_cases, run_eval
     from skillforge.runtime import Repair
     from skillforge.runtime.edits import MODES
 
-    registry, store = open_registry(), open_store()
     cases, edits = load_cases(args.cases), load_cases(args.edits)
-    wanted = {s for c in cases + edits for s in c.skills}
-    manifests = [m for m in discover(Path(args.skills)) if m.name in wanted or m.ref in wanted]
-    compile_manifests(lm, manifests, registry, store, on_done=lambda o: log(f"skill {o.name}@{o.version}: {o.tokens} tokens"))
-
+    registry, store = open_with_skills(args, lm, cases + edits)
     memo = EvalMemo()  # full-recompute references, computed once and shared by every repair setting
 
     def ev(label: str, **kw) -> dict:
-        t = time.time()
-        d = run_eval(lm, cases, registry=registry, store=store, memo=memo, **kw)
-        log(f"eval {label}: top1 {d['top1_agreement']:.3f} greedy16 {d['greedy16_match']:.3f} kl {d['kl_mean']:.4f} "
-            f"({time.time() - t:.0f} s)")
-        return d
+        return timed_eval(label, lm, cases, registry=registry, store=store, memo=memo, **kw)
 
     edit_modes = ["field+erratum", *(m for m in MODES if m != "field+erratum")]
     results: dict = {"eval": {}, "curve": {}, "cases_file": _shown(args.cases), "edits_file": _shown(args.edits)}
@@ -265,24 +278,16 @@ def run_evals(args: argparse.Namespace, lm) -> dict:
 
 def run_model_evals(args: argparse.Namespace, name: str) -> dict:
     """The splice table's default and baselines on one more model (no repair curve, no edits)."""
-    from skillforge.build import compile_manifests
-    from skillforge.cli.common import open_registry, open_store
-    from skillforge.eval import EvalMemo, load_cases, run_eval
-    from skillforge.manifest import discover
+    from skillforge.eval import EvalMemo, load_cases
     from skillforge.model import load_model
 
     lm = load_model(name, device=args.device, dtype=args.dtype)
-    registry, store = open_registry(), open_store()
     cases = load_cases(args.cases)
-    wanted = {s for c in cases for s in c.skills}
-    compile_manifests(lm, [m for m in discover(Path(args.skills)) if m.name in wanted or m.ref in wanted], registry, store)
+    registry, store = open_with_skills(args, lm, cases)
     memo = EvalMemo()
     doc: dict = {"model": name, "machine": machine(lm), "cases_file": _shown(args.cases)}
     for label, baseline in (("default", None), ("no-rotation", "no-rotation"), ("plain", "plain")):
-        t = time.time()
-        d = doc[label] = run_eval(lm, cases, baseline=baseline, registry=registry, store=store, memo=memo)
-        log(f"eval {name} {label}: top1 {d['top1_agreement']:.3f} greedy16 {d['greedy16_match']:.3f} kl {d['kl_mean']:.4f} "
-            f"({time.time() - t:.0f} s)")
+        doc[label] = timed_eval(f"{name} {label}", lm, cases, baseline=baseline, registry=registry, store=store, memo=memo)
     return doc
 
 
