@@ -10,13 +10,16 @@ the default:
   default     today's Repair() (whatever repair.py's default is)
   seam16      the first 16 tokens of every skill that follows unseen text, nothing more
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
+  massS[capC]  seam 16, then the fewest probe-ranked candidates holding S% of the probe's total score,
+              at most C% (default 15) of the skill tokens: a budget sized by measured deviation
   oracleR     seam 16, then the tokens whose K/V (all layers) deviate most from a full prefill, until R:
               an upper bound for any selector at that budget (REFERENCE.md's cheap check)
   oraclenosR  the same oracle, no seam: R of the skill tokens by deviation alone
   probeN      the default repair with its probe at layer index N (where deviation and attention are read)
+  k=v/k=v     the default repair with these Repair fields changed, e.g. min_blend=16/blend=0.1
   system      (lone-system cases only) each skill compiled behind the case's own system text
               (`compile --system`), spliced with the default repair: how often that makes a splice exact
-Subsets: --no-long drops cases with the three long skills (over 2,000 tokens); --sample N draws N
+Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000 tokens); --sample N draws N
 cases stratified by kind with --seed. The subset is printed with the results, by case id.
 """
 
@@ -55,6 +58,23 @@ def _seam_and_candidates(prompt: Any, resolved: list, reuse: list, seam: int) ->
     return chosen, candidates
 
 
+def mass(share: float, cap: float = 0.15, seam: int = 16) -> Selector:
+    """Seam, then the fewest probe-ranked candidates holding `share` of the probe's total score, at most
+    `cap` of the skill tokens: a budget sized by measured deviation."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
+        chosen, candidates = _seam_and_candidates(prompt, resolved, reuse, seam)
+        if not candidates:
+            return chosen
+        skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
+        idx, score = repair_mod._scores(model, repair.probe_layer, prompt, candidates, cache)
+        ranked = score.sort(descending=True)
+        need = int((ranked.values.cumsum(0) < share * ranked.values.sum()).sum()) + 1
+        budget = min(need, round(cap * skill_tokens), len(candidates))
+        chosen.update(idx[ranked.indices[:budget]].tolist())
+        return chosen
+    return select
+
+
 def fill(ratio: float, oracle: bool, seam: int = 16) -> Selector:
     """Seam, then the best candidates by the probe (or the oracle) until `ratio` of the skill tokens."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
@@ -91,9 +111,15 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), None
     if name == "seam16":
         return Repair(blend=0.0), None
+    if "=" in name:  # Repair fields, e.g. min_blend=16/blend=0.1
+        fields = dict(part.split("=", 1) for part in name.split("/"))
+        return Repair(**{k: type(getattr(Repair(), k) if getattr(Repair(), k) is not None else 0)(v) for k, v in fields.items()}), None
     probe = re.fullmatch(r"probe(\d+)", name)
     if probe:
         return Repair(probe_layer=int(probe.group(1))), None
+    m = re.fullmatch(r"mass(\d+)(?:cap(\d+))?", name)
+    if m:
+        return Repair(), mass(int(m.group(1)) / 100, int(m.group(2) or 15) / 100)
     m = re.fullmatch(r"(fill|oracle|oraclenos)(\d+)", name)
     if not m:
         raise SystemExit(f"unknown variant {name!r}")
@@ -138,7 +164,9 @@ def compiled_behind_system(lm: Any, cases: list, skills: str, memo: EvalMemo) ->
             "greedy16": sum(r["greedy16_match"] for r in rows), "repaired": sum(r["repaired"] for r in rows), "per_case": rows}
 
 
-def subset(cases: list, no_long: bool, sample: int | None, seed: int) -> list:
+def subset(cases: list, no_long: bool, sample: int | None, seed: int, kinds: str | None = None) -> list:
+    if kinds:
+        cases = [c for c in cases if case_kind(c) in kinds.split(",")]
     if no_long:
         cases = [c for c in cases if not LONG & {s.split("@")[0] for s in c.skills}]
     if sample:
@@ -172,11 +200,12 @@ def main() -> None:
     ap.add_argument("--variants", default="default")
     ap.add_argument("--no-long", action="store_true")
     ap.add_argument("--sample", type=int)
+    ap.add_argument("--kinds", help="only these kinds of context, comma-separated (e.g. lone-system,multi-turn)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cases = subset([c for f in args.cases for c in load_cases(f)], args.no_long, args.sample, args.seed)
+    cases = subset([c for f in args.cases for c in load_cases(f)], args.no_long, args.sample, args.seed, args.kinds)
     print(f"{len(cases)} cases: {' '.join(c.id for c in cases)}", file=sys.stderr, flush=True)
     lm = load_model(args.model)
     memo = EvalMemo()

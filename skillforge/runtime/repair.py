@@ -118,11 +118,17 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     return chosen
 
 
-@torch.no_grad()
 def _deviating(model: Any, layer: int | None, prompt: "Prompt", candidates: list[int], cache: Any, budget: int) -> list[int]:
-    """The `budget` candidates that matter most: how far their spliced keys at `layer` are from a fresh
-    prefill's, times the attention the user turn pays them there (a deviating token nobody reads costs
-    nothing). Measured by a forward of the first layers over the whole prompt."""
+    """The `budget` candidates that matter most (see `_scores`)."""
+    idx, score = _scores(model, layer, prompt, candidates, cache)
+    return idx[score.topk(min(budget, idx.numel())).indices].tolist()
+
+
+@torch.no_grad()
+def _scores(model: Any, layer: int | None, prompt: "Prompt", candidates: list[int], cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much each candidate matters: how far its spliced key at `layer` is from a fresh prefill's,
+    times the attention the user turn pays it there (a deviating token nobody reads costs nothing).
+    Measured by a forward of the first layers over the whole prompt. -> (positions, scores)."""
     # layer 0's keys never depend on the context (embeddings only): the probe reads layer 1 at the least
     layer = max(1, len(cache.layers) // 4) if layer is None else min(layer, len(cache.layers) - 1)
     ids = torch.tensor([prompt.ids], device=model.device)
@@ -153,5 +159,4 @@ def _deviating(model: Any, layer: int | None, prompt: "Prompt", candidates: list
     scores = (q[:, t0:] @ k.repeat_interleave(groups, 0).transpose(-1, -2)) * seen["scaling"]
     causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool, device=k.device).tril(t0)
     attention = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(dim=(0, 1))  # [L]
-    top = (deviation * attention[idx]).topk(min(budget, idx.numel())).indices
-    return idx[top].tolist()
+    return idx, deviation * attention[idx]
