@@ -25,6 +25,7 @@ from skillforge.manifest import Manifest
 from skillforge.model.forward import prefill
 from skillforge.rope import rope_spec
 from skillforge.runtime import Context, Repair, Resolved, Runtime
+from skillforge.runtime.repair import unseen_tokens
 
 pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
 
@@ -375,10 +376,30 @@ def test_auto_ceiling_buys_blend_only_where_skills_missed_text(tok):
     composed = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
     default = rt.splice(composed, skills=[a, b], repair=Repair.parse(None, "auto"))
     higher = rt.splice(composed, skills=[a, b], repair=Repair.parse(None, "auto:0.9"))
-    assert default.repaired == 2 * Repair().seam  # 15% of ~117 skill tokens is under min_blend
-    assert higher.repaired > default.repaired + Repair().min_blend - 1
+    assert default.repaired < Repair().min_blend + 2 * Repair().seam  # 15% of ~117 skill tokens is under min_blend
+    assert higher.repaired >= 2 * Repair().seam + Repair().min_blend  # the probe ran and picked its budget
     alone = rt.splice(Context(skills=["a"], user=QUESTION), skills=[a], repair=Repair.parse(None, "auto:0.9"))
     assert alone.repaired == 0
+
+
+def test_budget_under_min_blend_lengthens_the_seams(tok):
+    """A blend budget too small to pay for the probe's forward goes to the seams: each skill that missed
+    text gets its first seam + budget/skills tokens recomputed, a contiguous run, and nothing else."""
+    lm = lm_for("llama", tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    rt = Runtime(lm)
+    repair = Repair()
+    result = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=repair)
+    prompt = result.prompt
+    spans = [prompt.tokens_within(*span) for span in prompt.skill_spans]
+    skill_tokens = sum(len(s) for s in spans)
+    budget = min(round(repair.blend * skill_tokens), max(unseen_tokens(prompt, i, r.meta.anchor_ids) for i, r in enumerate([a, b])))
+    assert 0 < budget < repair.min_blend
+    seam = repair.seam + budget // 2
+    computed = set(result.computed_positions.tolist())
+    for positions in spans:
+        assert {p for p in positions if p in computed} == set(positions[:seam])
+    assert result.repaired == 2 * seam
 
 
 def test_blend_picks_only_tokens_that_deviate(tok):

@@ -20,9 +20,11 @@ others, two repairs combine:
            Measuring costs a forward of the layers down to the probe over the prompt (a quarter of
            a full prefill's layers), so it only runs when there is something to recover.
 The default (`auto`; `auto:R` sets R, else 0.15) sizes blend by what the skills missed: at most R of
-the context's skill tokens and at most one token per unseen token before the skill, and skips it
-below `min_blend` tokens. A short system text before a long skill then costs 16 seam tokens; a
-skill spliced after a 1,000-token skill gets up to R of the skill tokens recomputed. Measured on the
+the context's skill tokens and at most one token per unseen token before the skill. A budget under
+`min_blend` tokens does not pay for the probe's forward: it lengthens the seams instead (split evenly
+over the skills that missed text), since the tokens right after unseen text are the ones it changed
+most. A 40-token system text before a long skill then costs 56 seam tokens and no probe; a skill
+spliced after a 1,000-token skill gets up to R of the skill tokens recomputed. Measured on the
 demo model (evals/), composition is where the error is: KL 0.09 -> 0.004 for a style guide spliced
 after a policy.
 """
@@ -99,22 +101,25 @@ def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
 
 def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any) -> set[int]:
     """Positions of reused tokens to recompute."""
-    chosen: set[int] = set()
-    candidates: list[int] = []
+    spans: list[list[int]] = []  # the reused positions of every skill that missed something
     unseen = 0
     for i, blocks in reuse:
         missed = unseen_tokens(prompt, i, resolved[i].meta.anchor_ids)
         if repair.exact_skip and missed == 0:
             continue
         unseen = max(unseen, missed)
-        positions = [c + k for _, c, n in blocks for k in range(n)]
-        chosen.update(positions[: repair.seam])
-        candidates.extend(positions[repair.seam :])
-    if repair.blend > 0 and candidates:
-        skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
-        budget = min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen, len(candidates))
-        if budget >= repair.min_blend:
-            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, int(budget)))
+        spans.append([c + k for _, c, n in blocks for k in range(n)])
+    skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
+    budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
+    probe = budget >= repair.min_blend
+    # a budget too small to pay for the probe's forward lengthens the seams instead: the tokens right
+    # after the unseen text are the ones it changed most (on 7 dev lone-system contexts, qwen2.5-coder-0.5b:
+    # KL 0.028 -> 0.011, top-1 0.86 -> 1.00)
+    seam = repair.seam if probe else repair.seam + budget // max(1, len(spans))
+    chosen = {p for positions in spans for p in positions[:seam]}
+    candidates = [p for positions in spans for p in positions[seam:]]
+    if probe and candidates:
+        chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, min(budget, len(candidates))))
     return chosen
 
 
