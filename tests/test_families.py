@@ -402,6 +402,30 @@ def test_budget_under_min_blend_lengthens_the_seams(tok):
     assert result.repaired == 2 * seam
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_attention_choice_reads_the_user_turn_and_leaves_reused_slots_alone(tok, family):
+    """The default blend ranks reused tokens by the attention the user turn pays them, from one pass
+    over the computed tokens: per layer a softmax over the prompt, so the scores sum to the number of
+    layers, nothing after the last token is read, and the reused keys and values stay as spliced."""
+    from skillforge.runtime.repair import _user_attention
+
+    lm = lm_for(family, tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    stale = Runtime(lm).splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b],
+                               repair=Repair(seam=0, blend=0))
+    L = len(stale.prompt.ids)
+    computed = set(stale.computed_positions.tolist())
+    reused = [p for p in range(L) if p not in computed]
+    cache = stale.cache
+    before = [(layer.keys[0][:, reused].clone(), layer.values[0][:, reused].clone()) for layer in cache.layers]
+    read = _user_attention(lm.model, stale.prompt, [(0, [(0, p, 1) for p in reused])], set(), cache)
+    assert read.shape == (L,) and float(read.min()) >= 0
+    assert abs(float(read.sum()) - len(cache.layers)) < 1e-3
+    assert float(read[reused].sum()) > 0  # the user turn reads the skills
+    for layer, (k, v) in zip(cache.layers, before):
+        assert torch.equal(layer.keys[0][:, reused], k) and torch.equal(layer.values[0][:, reused], v)
+
+
 def test_blend_picks_only_tokens_that_deviate(tok):
     """Sliding windows make the tail of a moved skill exact, so its keys match a fresh prefill: a blend
     budget must go to tokens near the skill's start, whose keys (at the probe layer) really deviate."""

@@ -5,28 +5,25 @@ skills). A skill right behind the anchor it was compiled behind is exact and get
 others, two repairs combine:
   seam K   recompute the first K tokens of each skill (EPIC's LegoLink, the paper's seam repair):
            they carry the most prefix-dependent state and act as false attention sinks.
-  blend R  CacheBlend-style selective recompute, with attention in the choice: of the reused tokens,
-           recompute those whose keys deviate most from a true prefill at the probe layer (a quarter
-           of the way down), weighted by the attention the user turn pays them at that layer. Deviation alone (plain
-           CacheBlend) spends the budget on tokens nobody reads: on the 16 composed demo contexts the
-           weighting took top-1 from 0.88 to 1.00 and greedy-16 from 0.50 to 0.75 at the same budget
-           (weighting by recency instead: 0.94 / 0.69; value instead of key deviation, weighting per
-           head, or writing the probe's exact KV into its layers: KL within 0.0003 of this, on 26
-           contexts). The probe sat at the 4th layer, tuned on the demo model; on qwen2.5-coder-0.5b
-           that is too shallow: on 24 dev contexts (evals/corpus) a probe at layer 6 of 24 took top-1
-           from 0.83 to 0.96, greedy-16 from 0.63 to 0.83 and KL from 0.084 to 0.042 at the same
-           budget; on the demo model layer 7 of 30 gave top-1 0.92 -> 0.96, KL 0.0059 -> 0.0051. So
-           the probe sits at a quarter of the model's depth.
-           Measuring costs a forward of the layers down to the probe over the prompt (a quarter of
-           a full prefill's layers), so it only runs when there is something to recover.
+  blend R  selective recompute of the reused tokens the user turn reads. The default (`attention`)
+           ranks them by the attention the user turn pays them in the spliced cache, averaged over
+           every layer, read from one extra pass over the tokens the splice computes anyway (gaps,
+           seams, user turn): no forward over the skills. `deviation` (the `blend:R` mode, CacheBlend
+           with attention in the choice) ranks them by how far their keys deviate from a true prefill
+           at a probe layer a quarter of the way down, times the user turn's attention there; it
+           costs a forward of those layers over the whole prompt. On dev compositions (evals/corpus,
+           the same budget) the attention choice gave KL 0.0103 where the probe gave 0.068 on
+           qwen2.5-coder-0.5b (12 contexts; worst 0.033 against 0.65), and 0.0050 against 0.0061 on
+           the demo model (16), top-1 and greedy-16 level on Qwen, top-1 two contexts lower on the demo
+           model. (Earlier, on the probe: deviation alone spent the budget on tokens nobody reads, top-1
+           0.88 against 1.00 with the weighting; the probe at a quarter of the depth beat layer 4.)
 The default (`auto`; `auto:R` sets R, else 0.15) sizes blend by what the skills missed: at most R of
 the context's skill tokens and at most one token per unseen token before the skill. A budget under
-`min_blend` tokens does not pay for the probe's forward: it lengthens the seams instead (split evenly
-over the skills that missed text), since the tokens right after unseen text are the ones it changed
-most. A 40-token system text before a long skill then costs 56 seam tokens and no probe; a skill
-spliced after a 1,000-token skill gets up to R of the skill tokens recomputed. Measured on the
-demo model (evals/), composition is where the error is: KL 0.09 -> 0.004 for a style guide spliced
-after a policy.
+`min_blend` tokens lengthens the seams instead (split evenly over the skills that missed text): after
+a short system text, the tokens right after it are the ones it changed most (7 dev lone-system
+contexts, qwen2.5-coder-0.5b: KL 0.028 with the 16-token seam alone, 0.012 with the longer seam,
+0.024 with the attention choice). A 40-token system text before a long skill then costs 56 seam
+tokens; a skill spliced after a 1,000-token skill gets up to R of the skill tokens recomputed.
 """
 
 from __future__ import annotations
@@ -39,6 +36,7 @@ import torch
 
 from skillforge.errors import BadReference
 from skillforge.model.forward import run, wrapped_attention
+from skillforge.runtime.masks import scattered_mask
 
 if TYPE_CHECKING:
     from skillforge.prompt import Prompt
@@ -50,7 +48,8 @@ class Repair:
     blend: float = 0.15
     blend_per_unseen: float = 1.0
     min_blend: int = 64
-    probe_layer: int | None = None  # None: a quarter of the model's layers down (see the module docstring)
+    select: str = "attention"  # how blend ranks candidates: attention | deviation (see the module docstring)
+    probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
     exact_skip: bool = True
 
     @classmethod
@@ -67,7 +66,8 @@ class Repair:
             return replace(base, seam=seam or 0, blend=0.0)
         if kind == "blend":
             # plain CacheBlend: a fixed fraction, whatever precedes the skills
-            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, min_blend=1)
+            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, min_blend=1,
+                           select="deviation")
         raise BadReference(f"invalid --repair {repair!r}: use auto[:<ratio>], seam, none or blend:<ratio>")
 
     def describe(self) -> str:
@@ -111,16 +111,65 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
         spans.append([c + k for _, c, n in blocks for k in range(n)])
     skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
     budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
-    probe = budget >= repair.min_blend
-    # a budget too small to pay for the probe's forward lengthens the seams instead: the tokens right
-    # after the unseen text are the ones it changed most (on 7 dev lone-system contexts, qwen2.5-coder-0.5b:
-    # KL 0.028 -> 0.011, top-1 0.86 -> 1.00)
-    seam = repair.seam if probe else repair.seam + budget // max(1, len(spans))
+    blend = budget >= repair.min_blend
+    seam = repair.seam if blend else repair.seam + budget // max(1, len(spans))
     chosen = {p for positions in spans for p in positions[:seam]}
     candidates = [p for positions in spans for p in positions[seam:]]
-    if probe and candidates:
-        chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, min(budget, len(candidates))))
+    if blend and candidates:
+        budget = min(budget, len(candidates))
+        if repair.select == "deviation":
+            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, budget))
+        else:
+            idx = torch.tensor(candidates)
+            read = _user_attention(model, prompt, reuse, chosen, cache)[idx]
+            chosen.update(idx[read.topk(budget).indices].tolist())
     return chosen
+
+
+def _user_turn(prompt: "Prompt") -> int:
+    """The first position of the user turn: every token after the last skill or erratum."""
+    ends = [e for _, e in [*prompt.skill_spans, *prompt.errata_spans]]
+    tail = [i for i, (a, b) in enumerate(prompt.offsets) if a >= max(ends, default=0) and b > a]
+    return tail[0] if tail else len(prompt.ids) - 1
+
+
+@torch.no_grad()
+def _user_attention(model: Any, prompt: "Prompt", reuse: list, chosen: set[int], cache: Any) -> torch.Tensor:
+    """[prompt tokens]: the attention the user turn pays each position, averaged over heads, its
+    tokens and every layer, in a pass over what the splice computes anyway (every position no
+    artifact covers, the seams, the last token) against the spliced cache. The splice's own pass
+    then overwrites what this one wrote."""
+    L = len(prompt.ids)
+    reused = torch.zeros(L, dtype=torch.bool)
+    for _, blocks in reuse:
+        for _, c, n in blocks:
+            reused[c : c + n] = True
+    reused[sorted(chosen)] = False
+    positions = torch.cat([(~reused[: L - 1]).nonzero().flatten(), torch.tensor([L - 1])])
+    rows = positions >= _user_turn(prompt)
+    read = torch.zeros(L)
+
+    def record(original):
+        def attention(module, query, key, value, attention_mask, **kwargs):
+            q, k = query[0][:, rows].float(), key[0].float()  # [heads, user tokens, dim], [kv_heads, L, dim]
+            scores = q @ k.repeat_interleave(q.shape[0] // k.shape[0], 0).transpose(-1, -2)
+            scores = scores * (kwargs.get("scaling") or q.shape[-1] ** -0.5)
+            bias = attention_mask[0, 0][rows, : k.shape[1]].float()  # this layer's causal (and window) mask
+            read[: k.shape[1]] += (scores + bias).softmax(-1).mean(dim=(0, 1)).cpu()
+            return original(module, query, key, value, attention_mask, **kwargs)
+        return attention
+
+    device = model.device
+    q = positions.to(device)
+    cache.set_length(L)
+    cache.scatter_next_update(q)
+    try:
+        with wrapped_attention(model, record):
+            run(model, torch.tensor(prompt.ids, device=device)[q][None], cache=cache, positions=q[None],
+                mask=scattered_mask(model.config.get_text_config(), q, L, cache.layers[0].keys.dtype))
+    finally:
+        cache.scatter_next_update(None)
+    return read
 
 
 def _deviating(model: Any, layer: int | None, prompt: "Prompt", candidates: list[int], cache: Any, budget: int) -> list[int]:
@@ -156,10 +205,7 @@ def _scores(model: Any, layer: int | None, prompt: "Prompt", candidates: list[in
     idx = torch.tensor(candidates, device=k.device)
     spliced = cache.layers[layer].keys[0][:, idx].float()
     deviation = (k[:, idx] - spliced).norm(dim=-1).sum(0)
-    # the user turn: every token after the last skill or erratum (at least the last token)
-    ends = [e for _, e in [*prompt.skill_spans, *prompt.errata_spans]]
-    tail = [i for i, (a, b) in enumerate(prompt.offsets) if a >= max(ends, default=0) and b > a] or [len(prompt.ids) - 1]
-    t0 = tail[0]
+    t0 = _user_turn(prompt)
     groups = q.shape[0] // k.shape[0]
     scores = (q[:, t0:] @ k.repeat_interleave(groups, 0).transpose(-1, -2)) * seen["scaling"]
     causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool, device=k.device).tril(t0)
