@@ -15,9 +15,9 @@ the default:
   oracleR     seam 16, then the tokens whose K/V (all layers) deviate most from a full prefill, until R:
               an upper bound for any selector at that budget (REFERENCE.md's cheap check)
   oraclenosR  the same oracle, no seam: R of the skill tokens by deviation alone
-  probeN      the default repair choosing by deviation (select=deviation), its probe at layer index N
+  probeN      the default repair with its probe at layer index N (where deviation and attention are read)
   k=v/k=v     the default repair with these Repair fields changed, e.g. min_blend=16/blend=0.1, or
-              select=deviation (the probe's choice, the default until the attention choice replaced it)
+              select=attention (blend by the user turn's attention in the spliced cache, no probe)
   system      (lone-system cases only) each skill compiled behind the case's own system text
               (`compile --system`), spliced with the default repair: how often that makes a splice exact
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
@@ -117,7 +117,7 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(**{k: type(getattr(Repair(), k) if getattr(Repair(), k) is not None else 0)(v) for k, v in fields.items()}), None
     probe = re.fullmatch(r"probe(\d+)", name)
     if probe:
-        return Repair(select="deviation", probe_layer=int(probe.group(1))), None
+        return Repair(probe_layer=int(probe.group(1))), None
     m = re.fullmatch(r"mass(\d+)(?:cap(\d+))?", name)
     if m:
         return Repair(), mass(int(m.group(1)) / 100, int(m.group(2) or 15) / 100)

@@ -404,9 +404,9 @@ def test_budget_under_min_blend_lengthens_the_seams(tok):
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])
 def test_attention_choice_reads_the_user_turn_and_leaves_reused_slots_alone(tok, family):
-    """The default blend ranks reused tokens by the attention the user turn pays them, from one pass
-    over the computed tokens: per layer a softmax over the prompt, so the scores sum to the number of
-    layers, nothing after the last token is read, and the reused keys and values stay as spliced."""
+    """Repair(select="attention") ranks reused tokens by the attention the user turn pays them, from
+    one pass over the computed tokens: per layer a softmax over the prompt, so the scores sum to the
+    number of layers; the reused keys and values stay as spliced; a splice recomputes the top ones."""
     from skillforge.runtime.repair import _user_attention
 
     lm = lm_for(family, tok)
@@ -424,6 +424,11 @@ def test_attention_choice_reads_the_user_turn_and_leaves_reused_slots_alone(tok,
     assert float(read[reused].sum()) > 0  # the user turn reads the skills
     for layer, (k, v) in zip(cache.layers, before):
         assert torch.equal(layer.keys[0][:, reused], k) and torch.equal(layer.values[0][:, reused], v)
+    repair = Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="attention")
+    chosen = Runtime(lm).splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=repair)
+    assert chosen.repaired == round(0.2 * chosen.skill_tokens)
+    top = torch.tensor(reused)[read[reused].topk(chosen.repaired).indices]
+    assert set(chosen.computed_positions.tolist()) & set(reused) == set(top.tolist())
 
 
 def test_blend_picks_only_tokens_that_deviate(tok):

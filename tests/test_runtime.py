@@ -186,7 +186,7 @@ def test_cache_pool_is_bounded_by_bytes(compiled):
     ("auto:0.3", None, Repair(blend=0.3)),  # adaptive sizing kept, only the ceiling moves
     ("seam", None, Repair(blend=0.0)),
     ("none", None, Repair(seam=0, blend=0.0)),
-    ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="deviation")),  # CacheBlend: the probe's choice
+    ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1)),
 ])
 def test_repair_spec_parses(spec, seam, expected):
     assert Repair.parse(seam, spec) == expected

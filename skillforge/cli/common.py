@@ -22,8 +22,7 @@ EditModeOpt = typer.Option("field+erratum", "--edit-mode", help="auto|field+erra
 ErratumOpt = typer.Option(None, "--erratum", help="wording of the override line for edits, with {label}, {value}, {field} and {old} (the compiled value)")
 SeamOpt = typer.Option(None, "--seam", min=0, help="recompute the first K tokens of each skill that follows other text (default 16)")
 RepairOpt = typer.Option(None, "--repair", help="auto (default: seam + blend sized by what the skills missed, up to 15% of "
-                         "their tokens; auto:0.3 raises that ceiling), seam, none, or blend:<ratio> (a fixed fraction chosen by "
-                         "key deviation at a probe layer, CacheBlend-style)")
+                         "their tokens; auto:0.3 raises that ceiling), seam, none, or blend:<ratio> (plain CacheBlend)")
 
 
 def info(message: str) -> None:

@@ -5,24 +5,26 @@ skills). A skill right behind the anchor it was compiled behind is exact and get
 others, two repairs combine:
   seam K   recompute the first K tokens of each skill (EPIC's LegoLink, the paper's seam repair):
            they carry the most prefix-dependent state and act as false attention sinks.
-  blend R  selective recompute of the reused tokens the user turn reads. The default (`attention`)
-           ranks them by the attention the user turn pays them in the spliced cache, averaged over
-           every layer, read from one extra pass over the tokens the splice computes anyway (gaps,
-           seams, user turn): no forward over the skills. `deviation` (the `blend:R` mode, CacheBlend
-           with attention in the choice) ranks them by how far their keys deviate from a true prefill
-           at a probe layer a quarter of the way down, times the user turn's attention there; it
-           costs a forward of those layers over the whole prompt. On dev compositions (evals/corpus,
-           the same budget) the attention choice gave KL 0.0103 where the probe gave 0.068 on
-           qwen2.5-coder-0.5b (12 contexts; worst 0.033 against 0.65), and 0.0050 against 0.0061 on
-           the demo model (16), top-1 and greedy-16 level on Qwen, top-1 two contexts lower on the demo
-           model. (Earlier, on the probe: deviation alone spent the budget on tokens nobody reads, top-1
-           0.88 against 1.00 with the weighting; the probe at a quarter of the depth beat layer 4.)
+  blend R  CacheBlend-style selective recompute, with attention in the choice (`deviation`, the
+           default): of the reused tokens, recompute those whose keys deviate most from a true prefill
+           at a probe layer a quarter of the way down, weighted by the attention the user turn pays
+           them there. It costs a forward of those layers over the whole prompt. Deviation alone
+           (plain CacheBlend) spends the budget on tokens nobody reads (16 composed demo contexts:
+           top-1 0.88 against 1.00 with the weighting); the probe at a quarter of the depth beat
+           layer 4 (24 dev contexts, qwen2.5-coder-0.5b: top-1 0.83 -> 0.96, KL 0.084 -> 0.042).
+           `attention` ranks them by the user turn's attention in the spliced cache alone, averaged
+           over every layer, from one extra pass over the tokens the splice computes anyway: no
+           forward over the skills, so much cheaper, but not better. Per context it wins about as often
+           as it loses (dev compositions: KL better in 6 of 12 on qwen2.5-coder-0.5b, 9 of 16 on the
+           demo model), and on the test split it gave qwen2.5-coder-0.5b top-1 0.81 / KL 0.0173
+           against the probe's 0.88 / 0.0153. So it is a choice (Repair(select="attention")), not the
+           default.
 The default (`auto`; `auto:R` sets R, else 0.15) sizes blend by what the skills missed: at most R of
 the context's skill tokens and at most one token per unseen token before the skill. A budget under
 `min_blend` tokens lengthens the seams instead (split evenly over the skills that missed text): after
 a short system text, the tokens right after it are the ones it changed most (7 dev lone-system
 contexts, qwen2.5-coder-0.5b: KL 0.028 with the 16-token seam alone, 0.012 with the longer seam,
-0.024 with the attention choice). A 40-token system text before a long skill then costs 56 seam
+0.024 with the attention choice at the same budget). A 40-token system text before a long skill then costs 56 seam
 tokens; a skill spliced after a 1,000-token skill gets up to R of the skill tokens recomputed.
 """
 
@@ -48,7 +50,7 @@ class Repair:
     blend: float = 0.15
     blend_per_unseen: float = 1.0
     min_blend: int = 64
-    select: str = "attention"  # how blend ranks candidates: attention | deviation (see the module docstring)
+    select: str = "deviation"  # how blend ranks candidates: deviation | attention (see the module docstring)
     probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
     exact_skip: bool = True
 
@@ -66,8 +68,7 @@ class Repair:
             return replace(base, seam=seam or 0, blend=0.0)
         if kind == "blend":
             # plain CacheBlend: a fixed fraction, whatever precedes the skills
-            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, min_blend=1,
-                           select="deviation")
+            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, min_blend=1)
         raise BadReference(f"invalid --repair {repair!r}: use auto[:<ratio>], seam, none or blend:<ratio>")
 
     def describe(self) -> str:
@@ -117,12 +118,12 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     candidates = [p for positions in spans for p in positions[seam:]]
     if blend and candidates:
         budget = min(budget, len(candidates))
-        if repair.select == "deviation":
-            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, budget))
-        else:
+        if repair.select == "attention":
             idx = torch.tensor(candidates)
             read = _user_attention(model, prompt, reuse, chosen, cache)[idx]
             chosen.update(idx[read.topk(budget).indices].tolist())
+        else:
+            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, budget))
     return chosen
 
 
