@@ -180,6 +180,11 @@ def test_cache_pool_is_bounded_by_bytes(compiled):
     assert rt.pool.caches == []  # larger than the pool: dropped, not kept
 
 
+def test_repair_refuses_an_unknown_blend_selection():
+    with pytest.raises(BadReference, match="deviation or attention"):
+        Repair(select="attn")
+
+
 @pytest.mark.parametrize("spec, seam, expected", [
     (None, None, Repair()),
     ("auto", 8, Repair(seam=8)),

@@ -54,6 +54,10 @@ class Repair:
     probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
     exact_skip: bool = True
 
+    def __post_init__(self) -> None:
+        if self.select not in ("deviation", "attention"):
+            raise BadReference(f"unknown blend selection {self.select!r}: use deviation or attention")
+
     @classmethod
     def parse(cls, seam: int | None = None, repair: str | None = None) -> "Repair":
         """`--seam K` and `--repair auto[:<ratio>]|none|seam|blend:<ratio>` -> Repair. `auto:0.3` keeps
