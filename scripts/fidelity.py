@@ -9,6 +9,7 @@ references are computed once). A variant is a selector that replaces the runtime
 the default:
   default     today's Repair() (whatever repair.py's default is)
   seam16      the first 16 tokens of every skill that follows unseen text, nothing more
+  both        the default's seam and budget, half by the probe, half by the attention choice
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
   massS[capC]  seam 16, then the fewest probe-ranked candidates holding S% of the probe's total score,
               at most C% (default 15) of the skill tokens: a budget sized by measured deviation
@@ -76,6 +77,25 @@ def mass(share: float, cap: float = 0.15, seam: int = 16) -> Selector:
     return select
 
 
+def both() -> Selector:
+    """The default's seam and budget, half of the budget by the probe (deviation), the rest by the
+    user turn's attention in the spliced cache: the two choices disagree per context."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
+        chosen, candidates = _seam_and_candidates(prompt, resolved, reuse, repair.seam)
+        skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
+        unseen = max((repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) for i, _ in reuse), default=0)
+        budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen, len(candidates)))
+        if budget < repair.min_blend:
+            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache)
+        probe = repair_mod._deviating(model, repair.probe_layer, prompt, candidates, cache, budget // 2)
+        chosen.update(probe)
+        idx = torch.tensor([c for c in candidates if c not in chosen])
+        read = repair_mod._user_attention(model, prompt, reuse, chosen, cache)[idx]
+        chosen.update(idx[read.topk(min(budget - len(probe), idx.numel())).indices].tolist())
+        return chosen
+    return select
+
+
 def fill(ratio: float, oracle: bool, seam: int = 16) -> Selector:
     """Seam, then the best candidates by the probe (or the oracle) until `ratio` of the skill tokens."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
@@ -110,6 +130,8 @@ def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: 
 def variant(name: str) -> tuple[Repair, Selector | None]:
     if name == "default":
         return Repair(), None
+    if name == "both":
+        return Repair(), both()
     if name == "seam16":
         return Repair(blend=0.0), None
     if "=" in name:  # Repair fields, e.g. min_blend=16/blend=0.1
