@@ -10,7 +10,7 @@ the default:
   default     today's Repair() (whatever repair.py's default is)
   seam16      the first 16 tokens of every skill that follows unseen text, nothing more
   both        the default's seam and budget, half by the probe, half by the attention choice
-  seamplus    the default, but a budget under min_blend makes the seam seam + budget long, not max(seam, budget)
+  seammax     the default, but a budget under min_blend makes the seam max(seam, budget) long, not seam + budget
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
   massS[capC]  seam 16, then the fewest probe-ranked candidates holding S% of the probe's total score,
               at most C% (default 15) of the skill tokens: a budget sized by measured deviation
@@ -97,9 +97,9 @@ def both() -> Selector:
     return select
 
 
-def seam_plus_budget() -> Selector:
-    """The default, except that a budget under min_blend makes the seam seam + budget/skills tokens
-    long rather than max(seam, budget/skills): the first version of that rule, more tokens."""
+def seam_within_budget() -> Selector:
+    """The default, except that a budget under min_blend makes the seam max(seam, budget/skills)
+    tokens long rather than seam + budget/skills: the same choice, fewer tokens."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
         skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
         missed = [repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) for i, _ in reuse]
@@ -107,7 +107,7 @@ def seam_plus_budget() -> Selector:
         budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * max(missed, default=0)))
         if not spans or budget >= repair.min_blend:
             return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache)
-        chosen, _ = _seam_and_candidates(prompt, resolved, reuse, repair.seam + budget // spans)
+        chosen, _ = _seam_and_candidates(prompt, resolved, reuse, max(repair.seam, budget // spans))
         return chosen
     return select
 
@@ -148,8 +148,8 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), None
     if name == "both":
         return Repair(), both()
-    if name == "seamplus":
-        return Repair(), seam_plus_budget()
+    if name == "seammax":
+        return Repair(), seam_within_budget()
     if name == "seam16":
         return Repair(blend=0.0), None
     if "=" in name:  # Repair fields, e.g. min_blend=16/blend=0.1

@@ -384,19 +384,18 @@ def test_auto_ceiling_buys_blend_only_where_skills_missed_text(tok):
 
 def test_budget_under_min_blend_lengthens_the_seams(tok):
     """A blend budget too small to pay for the probe's forward goes to the seams: each skill that missed
-    text gets its first max(seam, budget/skills) tokens recomputed, a contiguous run, and nothing else."""
+    text gets its first seam + budget/skills tokens recomputed, a contiguous run, and nothing else."""
     lm = lm_for("llama", tok)
     a, b = skill(lm, "a"), skill(lm, "b")
     rt = Runtime(lm)
-    repair = Repair(seam=4)
+    repair = Repair()
     result = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=repair)
     prompt = result.prompt
     spans = [prompt.tokens_within(*span) for span in prompt.skill_spans]
     skill_tokens = sum(len(s) for s in spans)
     budget = min(round(repair.blend * skill_tokens), max(unseen_tokens(prompt, i, r.meta.anchor_ids) for i, r in enumerate([a, b])))
     assert 0 < budget < repair.min_blend
-    seam = budget // 2
-    assert seam > repair.seam
+    seam = repair.seam + budget // 2
     computed = set(result.computed_positions.tolist())
     for positions in spans:
         assert {p for p in positions if p in computed} == set(positions[:seam])
