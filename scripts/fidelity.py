@@ -82,10 +82,10 @@ def both() -> Selector:
     """The default's seam and budget, half of the budget by the probe (deviation), the rest by the
     user turn's attention in the spliced cache: the two choices disagree per context."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
-        chosen, candidates = _seam_and_candidates(prompt, resolved, reuse, repair.seam)
-        skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
-        unseen = max((repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) for i, _ in reuse), default=0)
-        budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen, len(candidates)))
+        spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
+        chosen = {p for positions in spans for p in positions[: repair.seam]}
+        candidates = [p for positions in spans for p in positions[repair.seam :]]
+        budget = min(budget, len(candidates))
         if budget < repair.min_blend:
             return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache)
         probe = repair_mod._deviating(model, repair.probe_layer, prompt, candidates, cache, budget // 2)
@@ -101,14 +101,11 @@ def seam_within_budget() -> Selector:
     """The default, except that a budget under min_blend makes the seam max(seam, budget/skills)
     tokens long rather than seam + budget/skills: the same choice, fewer tokens."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
-        skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
-        missed = [repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) for i, _ in reuse]
-        spans = sum(m > 0 for m in missed)
-        budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * max(missed, default=0)))
+        spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if not spans or budget >= repair.min_blend:
             return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache)
-        chosen, _ = _seam_and_candidates(prompt, resolved, reuse, max(repair.seam, budget // spans))
-        return chosen
+        seam = max(repair.seam, budget // len(spans))
+        return {p for positions in spans for p in positions[:seam]}
     return select
 
 
@@ -154,7 +151,9 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(blend=0.0), None
     if "=" in name:  # Repair fields, e.g. min_blend=16/blend=0.1
         fields = dict(part.split("=", 1) for part in name.split("/"))
-        return Repair(**{k: type(getattr(Repair(), k) if getattr(Repair(), k) is not None else 0)(v) for k, v in fields.items()}), None
+        base = Repair()
+        cast = {k: int if getattr(base, k) is None else type(getattr(base, k)) for k in fields}  # probe_layer: None -> int
+        return Repair(**{k: cast[k](v) for k, v in fields.items()}), None
     probe = re.fullmatch(r"probe(\d+)", name)
     if probe:
         return Repair(probe_layer=int(probe.group(1))), None

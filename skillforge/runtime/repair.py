@@ -105,9 +105,10 @@ def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
     return len(before) - len(anchor)
 
 
-def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any) -> set[int]:
-    """Positions of reused tokens to recompute."""
-    spans: list[list[int]] = []  # the reused positions of every skill that missed something
+def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list) -> tuple[list[list[int]], int]:
+    """The reused positions of every skill that missed something, and the blend budget: at most
+    `blend` of the skill tokens and `blend_per_unseen` per unseen token (see the module docstring)."""
+    spans: list[list[int]] = []
     unseen = 0
     for i, blocks in reuse:
         missed = unseen_tokens(prompt, i, resolved[i].meta.anchor_ids)
@@ -116,7 +117,12 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
         unseen = max(unseen, missed)
         spans.append([c + k for _, c, n in blocks for k in range(n)])
     skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
-    budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
+    return spans, int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
+
+
+def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any) -> set[int]:
+    """Positions of reused tokens to recompute."""
+    spans, budget = missed_spans(repair, prompt, resolved, reuse)
     blend = budget >= repair.min_blend
     seam = repair.seam if blend else repair.seam + budget // max(1, len(spans))
     chosen = {p for positions in spans for p in positions[:seam]}
