@@ -149,8 +149,9 @@ def test_erratum_can_name_the_compiled_value(setup):
     rt = Runtime(lm, repair=Repair(seam=0, blend=0), erratum="{label} is {value}, not {old}.")
     result = rt.splice(Context(skills=["policy"], user=USER, set={"policy.role": "guest"}), skills=[skill], edit_mode="contrast")
     assert "The account role is guest, not verified_admin." in result.prompt.text
-    null = result.guides[1][0]  # the null erratum swaps the two values
-    assert "The account role is verified_admin, not guest." in null.prompt.text
+    null = result.guides[1][0]  # the null erratum: the same words, the compiled value in both places
+    assert "The account role is verified_admin, not verified_admin." in null.prompt.text
+    assert "guest" not in null.prompt.text
 
 
 @pytest.mark.parametrize("template,message", [
@@ -178,7 +179,7 @@ def test_contrast_subtracts_the_erratum_line_from_field_plus_erratum(setup):
     (stale, w_stale), (null, w_null) = result.guides
     assert (w_stale, w_null) == (1.0, -1.0) and result.edits[0]["mode"] == "contrast"
     assert "is now guest, not verified_admin" in result.prompt.text and "[STATE UPDATE]" not in stale.prompt.text
-    assert null.prompt.text.count("[STATE UPDATE] The account role is now verified_admin, not guest.") == 1
+    assert null.prompt.text.count("[STATE UPDATE] The account role is now verified_admin, not verified_admin.") == 1
     assert skill.meta.text in null.prompt.text and skill.meta.text in stale.prompt.text
     null_erratum = null.prompt.tokens_within(*null.prompt.errata_spans[0])
     plain = splice(setup, "guest", "field+erratum")

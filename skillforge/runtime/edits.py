@@ -12,12 +12,14 @@ rewriting the field's own KV alone leaves it acting on the old value. Modes:
   contrast       field+erratum minus the erratum line's own effect. On the demo model an appended
                  line moves the next-token distribution about as much as the field does (KL ~0.02),
                  so the erratum's wording drowns the value it carries. Two more splices, the stale
-                 skill and the stale skill with a *null* erratum (the same line stating the compiled
-                 value), and at every step log p = log p(field+erratum) + log p(stale) - log p(null):
-                 the two errata differ only in the value, so their difference keeps what the new
-                 value changes (classifier-free-guidance arithmetic). Three splices, three decode
-                 streams; on the 24 edit contexts mean recovery -12.7 -> 0.52 (median -0.80 -> 0.74),
-                 decision agreement 22 of 24 either way, but 11 of the 13 gated against 12.
+                 skill and the stale skill with a *null* erratum (the same words with the compiled
+                 value wherever the real one has a value, {old} included), and at every step
+                 log p = log p(field+erratum) + log p(stale) - log p(null): the two errata differ only
+                 in the value, so their difference keeps what the new value changes
+                 (classifier-free-guidance arithmetic). Three splices, three decode streams; on the
+                 24 demo edit contexts, recovery mean 0.62 (median 0.71) against field+erratum's
+                 -16.9, decision agreement 22 of 24. A null erratum that swapped the two values
+                 ("is now OLD, not NEW") argued for the old value instead of saying nothing: 11 of 24.
 Only the current value gets an erratum: every splice starts again from the compiled artifact, so
 changing a field twice never stacks history (A -> B -> A is just A, with no erratum at all).
 This module plans one splice's edits (texts, errata, the recompute oracle's re-prefill) and counts
@@ -108,8 +110,9 @@ def plan_edits(lm: LoadedModel, resolved: list[Resolved], assignments: dict[str,
         values = {**r.meta.field_values, **changed}
         rendered = manifest.render(values)
         new_text = rendered.text
-        # the null erratum swaps the two values, so it differs from the real one only in what they say
-        stated, other = (r.meta.field_values, values) if mode == NULL_ERRATUM else (values, r.meta.field_values)
+        # the null erratum states the compiled value in the same words, old and new alike: the line's
+        # own pull without any change of value
+        stated, other = (r.meta.field_values, r.meta.field_values) if mode == NULL_ERRATUM else (values, r.meta.field_values)
         errata = [erratum_template.format(label=manifest.fields[k].label, value=stated[k], field=k, old=other.get(k, ""))
                   for k in changed]
         if mode == "in-place":
