@@ -9,7 +9,8 @@ references are computed once). A variant is a selector that replaces the runtime
 the default:
   default     today's Repair() (whatever repair.py's default is)
   seam16      the first 16 tokens of every skill that follows unseen text, nothing more
-  both        the default's seam and budget, half by the probe, half by the attention choice
+  both        Repair(select="both"): the default's seam and budget, half by the probe, half by the attention choice
+  perskill    the default, but each skill gets its own blend budget (blend of its tokens, one per token it missed)
   seammax     the default, but a budget under min_blend makes the seam max(seam, budget) long, not seam + budget
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
   massS[capC]  seam 16, then the fewest probe-ranked candidates holding S% of the probe's total score,
@@ -78,21 +79,26 @@ def mass(share: float, cap: float = 0.15, seam: int = 16) -> Selector:
     return select
 
 
-def both() -> Selector:
-    """The default's seam and budget, half of the budget by the probe (deviation), the rest by the
-    user turn's attention in the spliced cache: the two choices disagree per context."""
+def per_skill() -> Selector:
+    """The default, but the blend budget is split per skill: each skill that missed text gets at most
+    `blend` of its own tokens and one per token it missed, ranked by the probe within the skill (the
+    default ranks one pool over all skills)."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
-        chosen = {p for positions in spans for p in positions[: repair.seam]}
-        candidates = [p for positions in spans for p in positions[repair.seam :]]
-        budget = min(budget, len(candidates))
         if budget < repair.min_blend:
             return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache)
-        probe = repair_mod._deviating(model, repair.probe_layer, prompt, candidates, cache, budget // 2)
-        chosen.update(probe)
-        idx = torch.tensor([c for c in candidates if c not in chosen])
-        read = repair_mod._user_attention(model, prompt, reuse, chosen, cache)[idx]
-        chosen.update(idx[read.topk(min(budget - len(probe), idx.numel())).indices].tolist())
+        chosen = {p for positions in spans for p in positions[: repair.seam]}
+        candidates = [p for positions in spans for p in positions[repair.seam :]]
+        idx, score = repair_mod._scores(model, repair.probe_layer, prompt, candidates, cache)
+        rank = dict(zip(idx.tolist(), score.tolist()))
+        for i, blocks in reuse:
+            missed = repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids)
+            positions = [c + k for _, c, n in blocks for k in range(n)]
+            own = [p for p in positions[repair.seam :] if p in rank]
+            if not missed or not own:
+                continue
+            share = int(min(round(repair.blend * len(positions)), repair.blend_per_unseen * missed))
+            chosen.update(sorted(own, key=rank.__getitem__, reverse=True)[:share])
         return chosen
     return select
 
@@ -144,7 +150,9 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
     if name == "default":
         return Repair(), None
     if name == "both":
-        return Repair(), both()
+        return Repair(select="both"), None
+    if name == "perskill":
+        return Repair(), per_skill()
     if name == "seammax":
         return Repair(), seam_within_budget()
     if name == "seam16":

@@ -431,6 +431,30 @@ def test_attention_choice_reads_the_user_turn_and_leaves_reused_slots_alone(tok,
     assert set(chosen.computed_positions.tolist()) & set(reused) == set(top.tolist())
 
 
+def test_both_choices_split_the_budget_between_probe_and_attention(tok):
+    """Repair(select="both"): half the blend budget goes to the probe's top picks, the rest to the
+    other tokens the user turn attends to most with the probe's picks recomputed."""
+    from skillforge.runtime.repair import _deviating, _user_attention
+
+    lm = lm_for("llama", tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    context = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
+    stale = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
+    computed = set(stale.computed_positions.tolist())
+    reused = [p for p in range(len(stale.prompt.ids)) if p not in computed]
+    repair = Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="both")
+    result = Runtime(lm).splice(context, skills=[a, b], repair=repair)
+    budget = round(0.2 * result.skill_tokens)
+    probe = _deviating(lm.model, None, stale.prompt, reused, stale.cache, budget // 2)
+    repaired = set(result.computed_positions.tolist()) & set(reused)
+    assert result.repaired == len(repaired) == budget
+    assert set(probe) <= repaired
+    fresh = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
+    read = _user_attention(lm.model, fresh.prompt, [(0, [(0, p, 1) for p in reused])], set(probe), fresh.cache)
+    rest = torch.tensor([p for p in reused if p not in probe])
+    assert repaired - set(probe) == set(rest[read[rest].topk(budget - budget // 2).indices].tolist())
+
+
 def test_blend_picks_only_tokens_that_deviate(tok):
     """Sliding windows make the tail of a moved skill exact, so its keys match a fresh prefill: a blend
     budget must go to tokens near the skill's start, whose keys (at the probe layer) really deviate."""

@@ -181,7 +181,7 @@ def test_cache_pool_is_bounded_by_bytes(compiled):
 
 
 def test_repair_refuses_an_unknown_blend_selection():
-    with pytest.raises(BadReference, match="deviation or attention"):
+    with pytest.raises(BadReference, match="deviation, attention or both"):
         Repair(select="attn")
 
 

@@ -18,7 +18,8 @@ others, two repairs combine:
            as it loses (dev compositions: KL better in 6 of 12 on qwen2.5-coder-0.5b, 9 of 16 on the
            demo model), and on the test split it gave qwen2.5-coder-0.5b top-1 0.81 / KL 0.0173
            against the probe's 0.88 / 0.0153. So it is a choice (Repair(select="attention")), not the
-           default.
+           default. `both` gives half the budget to the probe and the rest to the attention choice
+           (with the probe's picks recomputed in its pass): the two miss different tokens.
 The default (`auto`; `auto:R` sets R, else 0.15) sizes blend by what the skills missed: at most R of
 the context's skill tokens and at most one token per unseen token before the skill. A budget under
 `min_blend` tokens lengthens the seams instead (split evenly over the skills that missed text): after
@@ -51,13 +52,13 @@ class Repair:
     blend: float = 0.15
     blend_per_unseen: float = 1.0
     min_blend: int = 64
-    select: str = "deviation"  # how blend ranks candidates: deviation | attention (see the module docstring)
+    select: str = "deviation"  # how blend ranks candidates: deviation | attention | both (see the module docstring)
     probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
     exact_skip: bool = True
 
     def __post_init__(self) -> None:
-        if self.select not in ("deviation", "attention"):
-            raise BadReference(f"unknown blend selection {self.select!r}: use deviation or attention")
+        if self.select not in ("deviation", "attention", "both"):
+            raise BadReference(f"unknown blend selection {self.select!r}: use deviation, attention or both")
 
     @classmethod
     def parse(cls, seam: int | None = None, repair: str | None = None) -> "Repair":
@@ -129,12 +130,13 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     candidates = [p for positions in spans for p in positions[seam:]]
     if blend and candidates:
         budget = min(budget, len(candidates))
-        if repair.select == "attention":
-            idx = torch.tensor(candidates)
+        by_probe = {"deviation": budget, "attention": 0, "both": budget // 2}[repair.select]
+        if by_probe:
+            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, by_probe))
+        if budget > by_probe:  # the rest by the user turn's attention, the probe's picks computed in its pass
+            idx = torch.tensor([p for p in candidates if p not in chosen])
             read = _user_attention(model, prompt, reuse, chosen, cache)[idx]
-            chosen.update(idx[read.topk(budget).indices].tolist())
-        else:
-            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, budget))
+            chosen.update(idx[read.topk(budget - by_probe).indices].tolist())
     return chosen
 
 
