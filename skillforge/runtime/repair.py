@@ -5,21 +5,22 @@ skills). A skill right behind the anchor it was compiled behind is exact and get
 others, two repairs combine:
   seam K   recompute the first K tokens of each skill (EPIC's LegoLink, the paper's seam repair):
            they carry the most prefix-dependent state and act as false attention sinks.
-  blend R  CacheBlend-style selective recompute, with attention in the choice (`deviation`, the
-           default): of the reused tokens, recompute those whose keys deviate most from a true prefill
-           at a probe layer a quarter of the way down, weighted by the attention the user turn pays
-           them there. It costs a forward of those layers over the whole prompt. Deviation alone
-           (plain CacheBlend) spends the budget on tokens nobody reads (16 composed demo contexts:
-           top-1 0.88 against 1.00 with the weighting); the probe at a quarter of the depth beat
-           layer 4 (24 dev contexts, qwen2.5-coder-0.5b: top-1 0.83 -> 0.96, KL 0.084 -> 0.042).
-           `attention` ranks them by the user turn's attention in the spliced cache alone, averaged
-           over every layer, from one extra pass over the tokens the splice computes anyway: no
-           forward over the skills, so much cheaper, but not better. Per context it wins about as often
-           as it loses (dev compositions: KL better in 6 of 12 on qwen2.5-coder-0.5b, 9 of 16 on the
-           demo model), and on the test split it gave qwen2.5-coder-0.5b top-1 0.81 / KL 0.0173
-           against the probe's 0.88 / 0.0153. So it is a choice (Repair(select="attention")), not the
-           default. `both` gives half the budget to the probe and the rest to the attention choice
-           (with the probe's picks recomputed in its pass): the two miss different tokens.
+  blend R  CacheBlend-style selective recompute, with attention in the choice. Two rankings, each
+           given half the budget (`both`, the default):
+           `deviation`: of the reused tokens, those whose keys deviate most from a true prefill at a
+           probe layer a quarter of the way down, weighted by the attention the user turn pays them
+           there. It costs a forward of those layers over the whole prompt. Deviation alone (plain
+           CacheBlend) spends the budget on tokens nobody reads (16 composed demo contexts: top-1
+           0.88 against 1.00 with the weighting); the probe at a quarter of the depth beat layer 4
+           (24 dev contexts, qwen2.5-coder-0.5b: top-1 0.83 -> 0.96, KL 0.084 -> 0.042).
+           `attention`: the user turn's attention in the spliced cache, averaged over every layer,
+           from one extra pass over the tokens the splice computes (the probe's picks included). No
+           forward over the skills, but alone no better than the probe.
+           The two miss different tokens: on one dev composition the probe alone left KL 0.65 and
+           the attention choice 0.006. On dev compositions (never the test split) `both` against
+           the probe alone: qwen2.5-coder-0.5b KL 0.068 -> 0.011 (12 contexts, top-1 0.92 -> 1.00),
+           qwen2.5-coder-1.5b 0.018 -> 0.009 (8; lower in 7, one tie), demo model 0.0061 -> 0.0051
+           (16; lower in 10, two near-tie top-1 flips). `Repair(select=...)` picks one alone.
 The default (`auto`; `auto:R` sets R, else 0.15) sizes blend by what the skills missed: at most R of
 the context's skill tokens and at most one token per unseen token before the skill. A budget under
 `min_blend` tokens lengthens the seams instead (split evenly over the skills that missed text): after
@@ -52,7 +53,7 @@ class Repair:
     blend: float = 0.15
     blend_per_unseen: float = 1.0
     min_blend: int = 64
-    select: str = "deviation"  # how blend ranks candidates: deviation | attention | both (see the module docstring)
+    select: str = "both"  # how blend ranks candidates: both | deviation | attention (see the module docstring)
     probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
     exact_skip: bool = True
 
@@ -74,7 +75,8 @@ class Repair:
             return replace(base, seam=seam or 0, blend=0.0)
         if kind == "blend":
             # plain CacheBlend: a fixed fraction, whatever precedes the skills
-            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, min_blend=1)
+            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, min_blend=1,
+                           select="deviation")
         raise BadReference(f"invalid --repair {repair!r}: use auto[:<ratio>], seam, none or blend:<ratio>")
 
     def describe(self) -> str:
