@@ -65,7 +65,7 @@ def _seam_and_candidates(prompt: Any, resolved: list, reuse: list, seam: int) ->
 def mass(share: float, cap: float = 0.15, seam: int = 16) -> Selector:
     """Seam, then the fewest probe-ranked candidates holding `share` of the probe's total score, at most
     `cap` of the skill tokens: a budget sized by measured deviation."""
-    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         chosen, candidates = _seam_and_candidates(prompt, resolved, reuse, seam)
         if not candidates:
             return chosen
@@ -83,10 +83,10 @@ def per_skill() -> Selector:
     """The default, but the blend budget is split per skill: each skill that missed text gets at most
     `blend` of its own tokens and one per token it missed, ranked by the probe within the skill (the
     default ranks one pool over all skills)."""
-    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if budget < repair.min_blend:
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache)
+            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
         chosen = {p for positions in spans for p in positions[: repair.seam]}
         candidates = [p for positions in spans for p in positions[repair.seam :]]
         idx, score = repair_mod._scores(model, repair.probe_layer, prompt, candidates, cache)
@@ -106,10 +106,10 @@ def per_skill() -> Selector:
 def seam_within_budget() -> Selector:
     """The default, except that a budget under min_blend makes the seam max(seam, budget/skills)
     tokens long rather than seam + budget/skills: the same choice, fewer tokens."""
-    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if not spans or budget >= repair.min_blend:
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache)
+            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
         seam = max(repair.seam, budget // len(spans))
         return {p for positions in spans for p in positions[:seam]}
     return select
@@ -117,7 +117,7 @@ def seam_within_budget() -> Selector:
 
 def fill(ratio: float, oracle: bool, seam: int = 16) -> Selector:
     """Seam, then the best candidates by the probe (or the oracle) until `ratio` of the skill tokens."""
-    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any) -> set[int]:
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         chosen, candidates = _seam_and_candidates(prompt, resolved, reuse, seam)
         skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
         budget = min(round(ratio * skill_tokens) - len(chosen), len(candidates))

@@ -418,7 +418,10 @@ def test_attention_choice_reads_the_user_turn_and_leaves_reused_slots_alone(tok,
     reused = [p for p in range(L) if p not in computed]
     cache = stale.cache
     before = [(layer.keys[0][:, reused].clone(), layer.values[0][:, reused].clone()) for layer in cache.layers]
-    read = _user_attention(lm.model, stale.prompt, [(0, [(0, p, 1) for p in reused])], set(), cache)
+    rt = Runtime(lm)
+    ids = torch.tensor(stale.prompt.ids)
+    read = _user_attention(lambda positions, observe: rt.core.compute(cache, ids, positions, observe),
+                           stale.prompt, [(0, [(0, p, 1) for p in reused])], set())
     assert read.shape == (L,) and float(read.min()) >= 0
     assert abs(float(read.sum()) - len(cache.layers)) < 1e-3
     assert float(read[reused].sum()) > 0  # the user turn reads the skills
@@ -450,7 +453,9 @@ def test_both_choices_split_the_budget_between_probe_and_attention(tok):
     assert result.repaired == len(repaired) == budget
     assert set(probe) <= repaired
     fresh = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
-    read = _user_attention(lm.model, fresh.prompt, [(0, [(0, p, 1) for p in reused])], set(probe), fresh.cache)
+    ids = torch.tensor(fresh.prompt.ids)
+    read = _user_attention(lambda positions, observe: Runtime(lm).core.compute(fresh.cache, ids, positions, observe),
+                           fresh.prompt, [(0, [(0, p, 1) for p in reused])], set(probe))
     rest = torch.tensor([p for p in reused if p not in probe])
     assert repaired - set(probe) == set(rest[read[rest].topk(budget - budget // 2).indices].tolist())
 

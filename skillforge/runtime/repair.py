@@ -35,16 +35,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from skillforge.errors import BadReference
-from skillforge.model.forward import run, wrapped_attention
-from skillforge.runtime.masks import scattered_mask
+from skillforge.model.forward import AttentionFn, run, wrapped_attention
 
 if TYPE_CHECKING:
     from skillforge.prompt import Prompt
+
+# the splice's pass over sorted positions, with an attention wrapper to observe it (Splicer.compute)
+Compute = Callable[[torch.Tensor, Callable[[AttentionFn], AttentionFn] | None], Any]
 
 
 @dataclass(frozen=True)
@@ -123,8 +125,11 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
     return spans, int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
 
 
-def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any) -> set[int]:
-    """Positions of reused tokens to recompute."""
+def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any,
+                  compute: Compute) -> set[int]:
+    """Positions of reused tokens to recompute. `compute(positions, observe)` is the splice's own pass
+    over sorted positions against `cache`, with `observe` wrapped around its attention: the attention
+    choice reads the user turn from it."""
     spans, budget = missed_spans(repair, prompt, resolved, reuse)
     blend = budget >= repair.min_blend
     seam = repair.seam if blend else repair.seam + budget // max(1, len(spans))
@@ -137,7 +142,7 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
             chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, by_probe))
         if budget > by_probe:  # the rest by the user turn's attention, the probe's picks computed in its pass
             idx = torch.tensor([p for p in candidates if p not in chosen])
-            read = _user_attention(model, prompt, reuse, chosen, cache)[idx]
+            read = _user_attention(compute, prompt, reuse, chosen)[idx]
             chosen.update(idx[read.topk(budget - by_probe).indices].tolist())
     return chosen
 
@@ -150,10 +155,10 @@ def _user_turn(prompt: "Prompt") -> int:
 
 
 @torch.no_grad()
-def _user_attention(model: Any, prompt: "Prompt", reuse: list, chosen: set[int], cache: Any) -> torch.Tensor:
+def _user_attention(compute: Compute, prompt: "Prompt", reuse: list, chosen: set[int]) -> torch.Tensor:
     """[prompt tokens]: the attention the user turn pays each position, averaged over heads, its
     tokens and every layer, in a pass over what the splice computes anyway (every position no
-    artifact covers, the seams, the last token) against the spliced cache. The splice's own pass
+    artifact covers, `chosen`, the last token) against the spliced cache. The splice's own pass
     then overwrites what this one wrote."""
     L = len(prompt.ids)
     reused = torch.zeros(L, dtype=torch.bool)
@@ -165,7 +170,7 @@ def _user_attention(model: Any, prompt: "Prompt", reuse: list, chosen: set[int],
     rows = positions >= _user_turn(prompt)
     read = torch.zeros(L)
 
-    def record(original):
+    def record(original: AttentionFn) -> AttentionFn:
         def attention(module, query, key, value, attention_mask, **kwargs):
             q, k = query[0][:, rows].float(), key[0].float()  # [heads, user tokens, dim], [kv_heads, L, dim]
             scores = q @ k.repeat_interleave(q.shape[0] // k.shape[0], 0).transpose(-1, -2)
@@ -175,16 +180,7 @@ def _user_attention(model: Any, prompt: "Prompt", reuse: list, chosen: set[int],
             return original(module, query, key, value, attention_mask, **kwargs)
         return attention
 
-    device = model.device
-    q = positions.to(device)
-    cache.set_length(L)
-    cache.scatter_next_update(q)
-    try:
-        with wrapped_attention(model, record):
-            run(model, torch.tensor(prompt.ids, device=device)[q][None], cache=cache, positions=q[None],
-                mask=scattered_mask(model.config.get_text_config(), q, L, cache.layers[0].keys.dtype))
-    finally:
-        cache.scatter_next_update(None)
+    compute(positions, record)
     return read
 
 

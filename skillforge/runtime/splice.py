@@ -15,13 +15,15 @@ cache in one forward pass, whose attention skips the cache beyond each position-
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from skillforge.artifact import ArtifactMeta
 from skillforge.errors import ContextTooLong
-from skillforge.model.forward import KV, layer_shapes, run
+from skillforge.model.forward import KV, AttentionFn, layer_shapes, run, wrapped_attention
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import Prompt, align
 from skillforge.rope import RopeSpec, rope_spec
@@ -118,14 +120,17 @@ class Splicer:
                     self._write_block(cache, r.kv, r.meta.offset + a, a, c, n, rotate, slots=stale)
                 cache.contents.wrote(source, a, c, n, capacity)
         uncovered = ~reused
-        chosen = select_repair(self.lm.model, repair, prompt, skills, reuse, cache) if rotate else set()
+        ids = torch.tensor(prompt.ids, device=device)
+        chosen = (select_repair(self.lm.model, repair, prompt, skills, reuse, cache,
+                                lambda positions, observe: self.compute(cache, ids, positions, observe))
+                  if rotate else set())
         for p in chosen:
             reused[p] = False
 
         # Compute every token no artifact supplied, and the last prompt token, whose logits are the
         # first decoding step: one forward fewer than leaving it to the caller.
         compute = torch.cat([(~reused[: L - 1]).nonzero().flatten(), torch.tensor([L - 1])])
-        logits = self.compute(cache, torch.tensor(prompt.ids, device=device), compute)
+        logits = self.compute(cache, ids, compute)
         cache.set_length(L - 1)
         n_reused = int(reused[: L - 1].sum())
         result = SpliceResult(
@@ -143,10 +148,12 @@ class Splicer:
         )
         return result, uncovered
 
-    def compute(self, cache: SpliceCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def compute(self, cache: SpliceCache, ids: torch.Tensor, positions: torch.Tensor,
+                observe: Callable[[AttentionFn], AttentionFn] | None = None) -> torch.Tensor:
         """Forward the tokens at sorted `positions` against `cache`, writing their KV into their slots,
         in one pass whose attention skips what each position-ordered group cannot see
-        (runtime/passes.py). Returns the logits [vocab] (float32) of the last position."""
+        (runtime/passes.py); `observe` wraps every layer's attention call (before the grouping) to read
+        it. Returns the logits [vocab] (float32) of the last position."""
         device = ids.device
         dtype = cache.layers[0].keys.dtype
         q = positions.to(device)
@@ -155,7 +162,8 @@ class Splicer:
         cache.set_length(kv_len)
         cache.scatter_next_update(q)
         try:
-            with grouped_attention(self.lm.model, groups):
+            with grouped_attention(self.lm.model, groups), \
+                    (wrapped_attention(self.lm.model, observe) if observe else nullcontext()):
                 return run(self.lm.model, ids[q][None], cache=cache, positions=q[None],
                            mask=scattered_mask(self.lm.config.get_text_config(), q, kv_len, dtype))
         finally:
