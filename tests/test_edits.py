@@ -105,6 +105,20 @@ def test_recompute_is_the_oracle(setup):
 def test_auto_reports_its_choice(setup):
     result = splice(setup, "verified_owner", "auto")
     assert result.edits[0]["mode"] in ("auto:in-place", "auto:field+erratum")
+
+
+@pytest.mark.parametrize("mode", ["auto", "contrast"])
+def test_combining_modes_pass_rotation_and_capacity_to_every_splice(setup, mode):
+    """auto and contrast splice several times; each splice gets the caller's rotate and extra_capacity
+    (without rotation nothing is repaired, even behind a system text)."""
+    lm, _, skill = setup
+    rt = Runtime(lm, repair=Repair(seam=4, blend=0))
+    ctx = Context(skills=["policy"], system="Be brief.", user=USER, set={"policy.role": "verified_owner"})
+    result = rt.splice(ctx, skills=[skill], edit_mode=mode, rotate=False, extra_capacity=100)
+    for r in [result, *(g for g, _ in result.guides)]:
+        assert r.repaired == 0
+        assert r.cache.layers[0].keys.shape[2] == len(r.prompt.ids) + 100
+    assert rt.splice(ctx, skills=[skill], edit_mode=mode).repaired == 4
     assert result.cache.get_seq_length() == result.input_ids.shape[1] - 1
 
 

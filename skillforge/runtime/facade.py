@@ -77,7 +77,7 @@ class Runtime:
         repair = repair or self.repair
         resolved = skills if skills is not None else [self.resolve(s, context.raw, context.system) for s in context.skills]
         if edit_mode == "auto" and context.set:
-            return splice_auto(self.splice, context, resolved, repair, t0)
+            return splice_auto(self.splice, context, resolved, repair, rotate, extra_capacity, t0)
         if edit_mode == "contrast" and context.set:
             return splice_contrast(self.splice, context, resolved, repair, rotate, extra_capacity, t0)
         for r in resolved:

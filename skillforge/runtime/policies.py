@@ -24,13 +24,15 @@ from skillforge.runtime.splice import Resolved, SpliceResult
 SpliceFn = Callable[..., SpliceResult]
 
 
-def splice_auto(splice: SpliceFn, context: Any, resolved: list[Resolved], repair: Repair, t0: float) -> SpliceResult:
+def splice_auto(splice: SpliceFn, context: Any, resolved: list[Resolved], repair: Repair, rotate: bool,
+                extra_capacity: int, t0: float) -> SpliceResult:
     """Pick in-place when its next-token decision equals field+erratum's, else field+erratum."""
-    full = splice(context, resolved, repair, edit_mode="field+erratum")
+    run = partial(splice, skills=resolved, repair=repair, rotate=rotate, extra_capacity=extra_capacity)
+    full = run(context, edit_mode="field+erratum")
     full_top = int(next_logits(full).argmax())
     full.cache.crop(-1)  # undo the diagnostic step: the result again ends before the last token
     try:
-        inplace = splice(context, resolved, repair, edit_mode="in-place")
+        inplace = run(context, edit_mode="in-place")
     except EditError:
         picked = full
     else:
