@@ -10,6 +10,8 @@ the default:
   default     today's Repair() (whatever repair.py's default is)
   seam16      the first 16 tokens of every skill that follows unseen text, nothing more
   both        Repair(select="both"): the default's seam and budget, half by the probe, half by the attention choice
+  probeattn   half the budget by the probe's score, half by the user turn's true attention at the probe layer
+  shallowattn  the same, the attention averaged over layers 1..probe layer (both without the extra pass)
   perskill    the default, but each skill gets its own blend budget (blend of its tokens, one per token it missed)
   seammax     the default, but a budget under min_blend makes the seam max(seam, budget) long, not seam + budget
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
@@ -75,6 +77,55 @@ def mass(share: float, cap: float = 0.15, seam: int = 16) -> Selector:
         need = int((ranked.values.cumsum(0) < share * ranked.values.sum()).sum()) + 1
         budget = min(need, round(cap * skill_tokens), len(candidates))
         chosen.update(idx[ranked.indices[:budget]].tolist())
+        return chosen
+    return select
+
+
+def probe_both(shallow: bool) -> Selector:
+    """`both` without the extra pass: half the budget by the probe's score (deviation x attention at
+    the probe layer), the rest by the user turn's true attention in the probe's own forward, at the
+    probe layer (`probeattn`) or averaged over layers 1..probe layer (`shallowattn`)."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
+        if budget < repair.min_blend:
+            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+        chosen = {p for positions in spans for p in positions[: repair.seam]}
+        candidates = [p for positions in spans for p in positions[repair.seam :]]
+        budget = min(budget, len(candidates))
+        layer = max(1, len(cache.layers) // 4)
+        ids = torch.tensor([prompt.ids], device=model.device)
+        t0 = repair_mod._user_turn(prompt)
+        read = torch.zeros(len(prompt.ids))
+        seen: dict[str, Any] = {}
+
+        def record(original):
+            def attention(module, query, key, value, attention_mask, **kwargs):
+                i = getattr(module, "layer_idx", None)
+                q, k = query[0].float(), key[0].float()
+                scores = (q[:, t0:] @ k.repeat_interleave(q.shape[0] // k.shape[0], 0).transpose(-1, -2))
+                scores = scores * (kwargs.get("scaling") or q.shape[-1] ** -0.5)
+                causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool).tril(t0)
+                att = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(dim=(0, 1))
+                if i is not None and i >= 1 and (shallow or i == layer):
+                    read.add_(att)
+                if i == layer:
+                    seen.update(key=k, att=att)
+                    raise repair_mod._Stop
+                return original(module, query, key, value, attention_mask, **kwargs)
+            return attention
+
+        with repair_mod.wrapped_attention(model, record):
+            try:
+                repair_mod.run(model, ids, mask=torch.ones_like(ids))
+            except repair_mod._Stop:
+                pass
+        idx = torch.tensor(candidates)
+        deviation = (seen["key"][:, idx] - cache.layers[layer].keys[0][:, idx].float()).norm(dim=-1).sum(0)
+        score = deviation * seen["att"][idx]
+        first = idx[score.topk(budget // 2).indices].tolist()
+        chosen.update(first)
+        rest = torch.tensor([p for p in candidates if p not in chosen])
+        chosen.update(rest[read[rest].topk(budget - budget // 2).indices].tolist())
         return chosen
     return select
 
@@ -151,6 +202,8 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), None
     if name == "both":
         return Repair(select="both"), None
+    if name in ("probeattn", "shallowattn"):
+        return Repair(), probe_both(shallow=name == "shallowattn")
     if name == "perskill":
         return Repair(), per_skill()
     if name == "seammax":
