@@ -14,8 +14,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import boto3
 import numpy as np
@@ -299,6 +302,27 @@ def test_format_1_packs_stay_pullable_and_republishable(machines: Callable[[str]
     again = publish(["refund-desk", "pirate-voice"], "legacy@1.0.0", root, registry=a.registry, store=a.store)
     assert (again.created, again.index_digest, again.uploaded) == (False, sha(data), 1)
     assert [k for k in objects(root) if "/blobs/" in k] == sorted(f"prod/blobs/sha256/{d[7:]}" for d in digests)
+
+
+def test_pull_progress_counts_to_the_size_of_the_blobs(machines: Callable[[str], Machine], root: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """An encoded blob arrives in fewer bytes than it holds; the progress bar still ends at its total."""
+    pull_mod = sys.modules["skillforge.packs.pull"]  # the package's `pull` names the function
+    bars: list[dict] = []
+
+    @contextmanager
+    def recording_bar(total: int, desc: str, enabled: bool) -> Iterator[Any]:
+        bar = {"total": total, "counted": 0}
+        bars.append(bar)
+        yield SimpleNamespace(update=lambda n: bar.__setitem__("counted", bar["counted"] + n))
+
+    monkeypatch.setattr(pull_mod, "progress_bar", recording_bar)
+    a, b = machines("a"), machines("b")
+    compile_two(a)
+    publish(["refund-desk", "pirate-voice"], "bar@1.0.0", root, registry=a.registry, store=a.store)
+    got = pull(f"{root}/bar@1.0.0", registry=b.registry, store=b.store, progress=True)
+    assert got.received_bytes < got.bytes  # encoded: fewer bytes on the wire
+    assert bars == [{"total": got.bytes, "counted": got.bytes}]
 
 
 def test_plain_encoding_for_fast_links_is_the_same_content(machines: Callable[[str], Machine], root: str) -> None:

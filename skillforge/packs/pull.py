@@ -91,7 +91,9 @@ def _verify(entry: PackEntry, skill: PackSkill, part: Path, decoded: Path, where
 
 def _fetch(remote: S3Store, store: BlobStore, index: PackIndex, todo: list[PackEntry], where: str,
            on_bytes: Callable[[int], None], installed: Callable[[PackEntry, ArtifactMeta], None]) -> int:
-    """Download, verify and install `todo`, one blob after another; the bytes received.
+    """Download, verify and install `todo`, one blob after another; the bytes received. `on_bytes`
+    counts blob bytes: received bytes as they arrive, and when an encoded blob is in, the bytes its
+    encoding saved, so the count ends at the blobs' size.
 
     Verifying (decoding, hashing, parsing) blob i runs on a worker thread while blob i+1 downloads, so
     a pull costs about the larger of transfer and decoding, not their sum; at most two blobs are
@@ -114,7 +116,9 @@ def _fetch(remote: S3Store, store: BlobStore, index: PackIndex, todo: list[PackE
             files = staged.enter_context(ExitStack())
             part = files.enter_context(store.staging(".part"))
             decoded = files.enter_context(store.staging(".tmp"))
-            received += download_object(remote, entry, part, on_bytes)
+            got = download_object(remote, entry, part, on_bytes)
+            on_bytes(max(0, entry.size - got))
+            received += got
             if pending is not None:
                 install(*pending)
             skill = index.skill(entry.skill, entry.version)
