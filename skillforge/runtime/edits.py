@@ -17,8 +17,8 @@ rewriting the field's own KV alone leaves it acting on the old value. Modes:
                  log p = log p(field+erratum) + log p(stale) - log p(null): the two errata differ only
                  in the value, so their difference keeps what the new value changes
                  (classifier-free-guidance arithmetic). Three splices, three decode streams; on the
-                 24 demo edit contexts, recovery mean 0.62 (median 0.71) against field+erratum's
-                 -16.9, decision agreement 22 of 24. A null erratum that swapped the two values
+                 24 demo edit contexts, recovery mean 0.59-0.62 (median 0.71) against field+erratum's
+                 -16.9, decision agreement 21-22 of 24. A null erratum that swapped the two values
                  ("is now OLD, not NEW") argued for the old value instead of saying nothing: 11 of 24.
 Only the current value gets an erratum: every splice starts again from the compiled artifact, so
 changing a field twice never stacks history (A -> B -> A is just A, with no erratum at all).
