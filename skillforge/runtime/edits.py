@@ -112,9 +112,9 @@ def plan_edits(lm: LoadedModel, resolved: list[Resolved], assignments: dict[str,
         new_text = rendered.text
         # the null erratum states the compiled value in the same words, old and new alike: the line's
         # own pull without any change of value
-        stated, other = (r.meta.field_values, r.meta.field_values) if mode == NULL_ERRATUM else (values, r.meta.field_values)
-        errata = [erratum_template.format(label=manifest.fields[k].label, value=stated[k], field=k, old=other.get(k, ""))
-                  for k in changed]
+        stated = r.meta.field_values if mode == NULL_ERRATUM else values
+        errata = [erratum_template.format(label=manifest.fields[k].label, value=stated[k], field=k,
+                                          old=r.meta.field_values.get(k, "")) for k in changed]
         if mode == "in-place":
             _check_same_length(tok, r, changed)
         if mode == "recompute":

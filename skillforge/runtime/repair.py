@@ -30,7 +30,8 @@ a short system text, the tokens right after it are the ones it changed most (7 d
 contexts, qwen2.5-coder-0.5b: KL 0.028 with the 16-token seam alone, 0.012 with the longer seam,
 0.024 with the attention choice at the same budget; a seam of max(16, budget) instead saved a
 quarter of those tokens but on the test samples kept qwen2.5-coder-0.5b at KL 0.0217, against
-0.0153). A 40-token system text before a long skill then costs 56 seam tokens; a skill spliced after a 1,000-token skill gets up to R of the skill tokens recomputed.
+0.0153). A 40-token system text before a long skill then costs 56 seam tokens; a skill spliced
+after a 1,000-token skill gets up to R of the skill tokens recomputed.
 """
 
 from __future__ import annotations
@@ -219,9 +220,14 @@ def _scores(model: Any, layer: int | None, prompt: "Prompt", candidates: list[in
     idx = torch.tensor(candidates, device=k.device)
     spliced = cache.layers[layer].keys[0][:, idx].float()
     deviation = (k[:, idx] - spliced).norm(dim=-1).sum(0)
-    t0 = _user_turn(prompt)
-    groups = q.shape[0] // k.shape[0]
-    scores = (q[:, t0:] @ k.repeat_interleave(groups, 0).transpose(-1, -2)) * seen["scaling"]
-    causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool, device=k.device).tril(t0)
-    attention = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(dim=(0, 1))  # [L]
+    attention = user_turn_attention(q, k, seen["scaling"], _user_turn(prompt))
     return idx, deviation * attention[idx]
+
+
+def user_turn_attention(q: torch.Tensor, k: torch.Tensor, scaling: Any, t0: int) -> torch.Tensor:
+    """[prompt tokens]: the causal attention of the user turn (queries from position t0 on) over all
+    keys, averaged over its heads and tokens. q [heads, L, dim], k [kv_heads, L, dim] of one layer of a
+    full forward (grouped heads share their key head)."""
+    scores = (q[:, t0:] @ k.repeat_interleave(q.shape[0] // k.shape[0], 0).transpose(-1, -2)) * scaling
+    causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool, device=k.device).tril(t0)
+    return scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(dim=(0, 1))
