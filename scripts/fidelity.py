@@ -81,17 +81,27 @@ def mass(share: float, cap: float = 0.15, seam: int = 16) -> Selector:
     return select
 
 
-def probe_both(shallow: bool) -> Selector:
-    """`both` without the extra pass: half the budget by the probe's score (deviation x attention at
-    the probe layer), the rest by the user turn's true attention in the probe's own forward, at the
-    probe layer (`probeattn`) or averaged over layers 1..probe layer (`shallowattn`)."""
+def blend_variant(pick: Callable[..., None]) -> Selector:
+    """A selector that changes only how the blend budget is spent: under min_blend it is the default
+    (the budget lengthens the seams); otherwise the seams, then `pick(model, repair, prompt, resolved,
+    reuse, cache, chosen, candidates, budget)` adds its choice to `chosen`."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if budget < repair.min_blend:
             return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
         chosen = {p for positions in spans for p in positions[: repair.seam]}
         candidates = [p for positions in spans for p in positions[repair.seam :]]
-        budget = min(budget, len(candidates))
+        pick(model, repair, prompt, resolved, reuse, cache, chosen, candidates, min(budget, len(candidates)))
+        return chosen
+    return select
+
+
+def probe_both(shallow: bool) -> Selector:
+    """`both` without the extra pass: half the budget by the probe's score (deviation x attention at
+    the probe layer), the rest by the user turn's true attention in the probe's own forward, at the
+    probe layer (`probeattn`) or averaged over layers 1..probe layer (`shallowattn`)."""
+    def pick(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any,
+             chosen: set[int], candidates: list[int], budget: int) -> None:
         layer = max(1, len(cache.layers) // 4)
         ids = torch.tensor([prompt.ids], device=model.device)
         t0 = repair_mod._user_turn(prompt)
@@ -102,10 +112,7 @@ def probe_both(shallow: bool) -> Selector:
             def attention(module, query, key, value, attention_mask, **kwargs):
                 i = getattr(module, "layer_idx", None)
                 q, k = query[0].float(), key[0].float()
-                scores = (q[:, t0:] @ k.repeat_interleave(q.shape[0] // k.shape[0], 0).transpose(-1, -2))
-                scores = scores * (kwargs.get("scaling") or q.shape[-1] ** -0.5)
-                causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool).tril(t0)
-                att = scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(dim=(0, 1))
+                att = repair_mod.user_turn_attention(q, k, kwargs.get("scaling") or q.shape[-1] ** -0.5, t0)
                 if i is not None and i >= 1 and (shallow or i == layer):
                     read.add_(att)
                 if i == layer:
@@ -122,24 +129,18 @@ def probe_both(shallow: bool) -> Selector:
         idx = torch.tensor(candidates)
         deviation = (seen["key"][:, idx] - cache.layers[layer].keys[0][:, idx].float()).norm(dim=-1).sum(0)
         score = deviation * seen["att"][idx]
-        first = idx[score.topk(budget // 2).indices].tolist()
-        chosen.update(first)
+        chosen.update(idx[score.topk(budget // 2).indices].tolist())
         rest = torch.tensor([p for p in candidates if p not in chosen])
         chosen.update(rest[read[rest].topk(budget - budget // 2).indices].tolist())
-        return chosen
-    return select
+    return blend_variant(pick)
 
 
 def per_skill() -> Selector:
     """The default, but the blend budget is split per skill: each skill that missed text gets at most
     `blend` of its own tokens and one per token it missed, ranked by the probe within the skill (the
     default ranks one pool over all skills)."""
-    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
-        spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
-        if budget < repair.min_blend:
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
-        chosen = {p for positions in spans for p in positions[: repair.seam]}
-        candidates = [p for positions in spans for p in positions[repair.seam :]]
+    def pick(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any,
+             chosen: set[int], candidates: list[int], budget: int) -> None:
         idx, score = repair_mod._scores(model, repair.probe_layer, prompt, candidates, cache)
         rank = dict(zip(idx.tolist(), score.tolist()))
         for i, blocks in reuse:
@@ -150,8 +151,7 @@ def per_skill() -> Selector:
                 continue
             share = int(min(round(repair.blend * len(positions)), repair.blend_per_unseen * missed))
             chosen.update(sorted(own, key=rank.__getitem__, reverse=True)[:share])
-        return chosen
-    return select
+    return blend_variant(pick)
 
 
 def seam_within_budget() -> Selector:
