@@ -14,6 +14,8 @@ demo tokenizer's vocabulary, so the checks need no model hub and run in seconds:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -359,7 +361,8 @@ def test_blend_of_every_reused_token_is_exact(tok, family):
     a, b = skill(lm, "a"), skill(lm, "b")
     local_before = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
     rt = Runtime(lm)
-    repair = Repair(seam=0, blend=1.0, blend_per_unseen=float("inf"), min_blend=1)
+    # a blend of everything costs more than a prefill, which the splice would do instead: not here
+    repair = Repair(seam=0, blend=1.0, blend_per_unseen=float("inf"), min_blend=1, prefill_fallback=False)
     result = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=repair)
     assert ALL_ATTENTION_FUNCTIONS._local_mapping == local_before
     assert result.repaired >= len(a.meta.token_ids) + len(b.meta.token_ids) - 4
@@ -375,7 +378,8 @@ def test_auto_ceiling_buys_blend_only_where_skills_missed_text(tok):
     rt = Runtime(lm)
     composed = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
     default = rt.splice(composed, skills=[a, b], repair=Repair.parse(None, "auto"))
-    higher = rt.splice(composed, skills=[a, b], repair=Repair.parse(None, "auto:0.9"))
+    # 90% recomputed costs more than a prefill, which the splice would do instead: not here
+    higher = rt.splice(composed, skills=[a, b], repair=replace(Repair.parse(None, "auto:0.9"), prefill_fallback=False))
     assert default.repaired < Repair().min_blend + 2 * Repair().seam  # 15% of ~117 skill tokens is under min_blend
     assert higher.repaired >= 2 * Repair().seam + Repair().min_blend  # the probe ran and picked its budget
     alone = rt.splice(Context(skills=["a"], user=QUESTION), skills=[a], repair=Repair.parse(None, "auto:0.9"))
@@ -445,7 +449,7 @@ def test_both_choices_split_the_budget_between_probe_and_attention(tok):
     stale = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
     computed = set(stale.computed_positions.tolist())
     reused = [p for p in range(len(stale.prompt.ids)) if p not in computed]
-    repair = Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="both")
+    repair = Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="both", prefill_fallback=False)
     result = Runtime(lm).splice(context, skills=[a, b], repair=repair)
     budget = round(0.2 * result.skill_tokens)
     probe = _deviating(lm.model, None, stale.prompt, reused, stale.cache, budget // 2)

@@ -102,11 +102,12 @@ def test_splice_behind_anchor_matches_full_forward(gemma_lm, name, text):
     assert diff < LOGIT_ATOL, f"{name}: spliced logits differ from a full forward by {diff}"
 
 
-@pytest.mark.parametrize("repair", [Repair(seam=10_000, blend=0),
-                                    Repair(seam=0, blend=1.0, blend_per_unseen=math.inf, min_blend=1)], ids=["seam-all", "blend-all"])
+@pytest.mark.parametrize("repair", [Repair(seam=10_000, blend=0, prefill_fallback=False),
+                                    Repair(seam=0, blend=1.0, blend_per_unseen=math.inf, min_blend=1, prefill_fallback=False)],
+                         ids=["seam-all", "blend-all"])
 def test_recomputing_what_cannot_be_reused_is_exact(gemma_lm, repair):
     """The long skill after system text: reused as is it never saw that text (not exact); recomputing
-    every reused token through the splice path is exact again."""
+    every reused token through the splice path (not the prefill it would fall back to) is exact again."""
     a = skill(gemma_lm, "long", LONG)
     rt = Runtime(gemma_lm)
     ctx = Context(skills=["long"], system=SYSTEM, user=QUESTION, raw=True)

@@ -10,9 +10,11 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from skillforge.build import compile_manifests
 from skillforge.manifest import discover
+from skillforge.model.forward import run
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Repair, Runtime
 from skillforge.runtime.repair import unseen_tokens
@@ -68,6 +70,22 @@ def test_blend_stays_inside_its_budget_and_the_skills_that_missed(rt: Runtime, r
     repaired = _repaired(result)
     assert repaired <= second and set(sorted(second)[:4]) <= repaired
     assert 4 < len(repaired) <= 4 + round(ratio * result.skill_tokens)
+
+
+def test_a_repair_dearer_than_a_prefill_prefills_instead(rt: Runtime):
+    # a long history after two skills is computed anyway; the blend's probe and attention pass on top
+    # would cost more than a full prefill (repair_cost), so the splice computes every token: exact
+    ctx = Context(skills=["json-contract", "pirate-voice"],
+                  user=" ".join(["The customer wrote again about the same order and asked for news."] * 60))
+    result = rt.splice(ctx)
+    assert result.reused == 0 and result.computed == len(result.prompt.ids)
+    assert result.repaired == result.skill_tokens  # every skill token was covered, and computed anyway
+    full = run(rt.lm.model, torch.tensor([result.prompt.ids]))
+    torch.testing.assert_close(rt.next_logits(result), full, atol=1e-4, rtol=0)
+    forced = rt.splice(ctx, repair=Repair(prefill_fallback=False))  # the repair it avoided: the blend ran
+    assert forced.reused > 0 and forced.repaired > Repair().min_blend
+    short = rt.splice(Context(skills=["json-contract", "pirate-voice"], user="Ahoy?"))
+    assert short.reused > 0 and short.repaired > Repair().min_blend  # a short turn: the splice is cheaper
 
 
 def test_adaptive_blend_is_capped_by_the_unseen_text(rt: Runtime):

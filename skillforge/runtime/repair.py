@@ -32,6 +32,9 @@ contexts, qwen2.5-coder-0.5b: KL 0.028 with the 16-token seam alone, 0.012 with 
 quarter of those tokens but on the test samples kept qwen2.5-coder-0.5b at KL 0.0217, against
 0.0153). A 40-token system text before a long skill then costs 56 seam tokens; a skill spliced
 after a 1,000-token skill gets up to R of the skill tokens recomputed.
+Where the seams, the budget, the probe and the attention pass would together cost more token-forwards
+than a full prefill (`repair_cost`: most of the prompt is computed anyway, e.g. a long history after
+the skills), the splice prefills instead (`prefill_fallback`): exact, and no slower.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Repair:
     select: str = "both"  # how blend ranks candidates: both | deviation | attention (see the module docstring)
     probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
     exact_skip: bool = True
+    prefill_fallback: bool = True  # prefill instead where the repair would cost more (repair_cost)
 
     def __post_init__(self) -> None:
         if self.select not in ("deviation", "attention", "both"):
@@ -126,6 +130,32 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
         spans.append([c + k for _, c, n in blocks for k in range(n)])
     skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
     return spans, int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
+
+
+def repair_cost(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, computed: int, layers: int) -> float:
+    """What the splice will spend, in token-forwards (one token through every layer): its pass over
+    the `computed` tokens, the seams and the blend budget, and where the blend runs, the probe's
+    forward over the whole prompt up to its layer and the attention choice's extra pass. A full
+    prefill costs one per prompt token; when most of the prompt is computed anyway (a long history
+    after the skills) the repair's passes can cost more than that (15 dev multi-turn contexts,
+    qwen2.5-coder-0.5b: 5 splices 8-12% slower than a full prefill)."""
+    spans, budget = missed_spans(repair, prompt, resolved, reuse)
+    seams = sum(min(len(positions), repair.seam) for positions in spans)
+    cost = computed + seams + budget
+    if budget < repair.min_blend:
+        return cost
+    by_probe = {"deviation": budget, "attention": 0, "both": budget // 2}[repair.select]
+    if by_probe:  # it runs every layer below the probe layer (and stops inside that one)
+        cost += len(prompt.ids) * probe_layer(repair.probe_layer, layers) / layers
+    if budget > by_probe:
+        cost += computed + seams + by_probe
+    return cost
+
+
+def probe_layer(layer: int | None, layers: int) -> int:
+    """The layer the probe reads: `layer`, else a quarter of the way down; never layer 0, whose keys
+    never depend on the context (embeddings only)."""
+    return max(1, layers // 4) if layer is None else min(layer, layers - 1)
 
 
 def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any,
@@ -198,8 +228,7 @@ def _scores(model: Any, layer: int | None, prompt: "Prompt", candidates: list[in
     """How much each candidate matters: how far its spliced key at `layer` is from a fresh prefill's,
     times the attention the user turn pays it there (a deviating token nobody reads costs nothing).
     Measured by a forward of the first layers over the whole prompt. -> (positions, scores)."""
-    # layer 0's keys never depend on the context (embeddings only): the probe reads layer 1 at the least
-    layer = max(1, len(cache.layers) // 4) if layer is None else min(layer, len(cache.layers) - 1)
+    layer = probe_layer(layer, len(cache.layers))
     ids = torch.tensor([prompt.ids], device=model.device)
     seen: dict[str, torch.Tensor] = {}
 

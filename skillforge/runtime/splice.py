@@ -6,7 +6,9 @@ the context tokens of its span in the prompt (skillforge/prompt.py); (2) allocat
 final length and write every reused key, rotated from its compile position to its new one, and every
 value into its slot; (3) choose the tokens to recompute: every token no artifact covers (template
 pieces, system and user text, boundary tokens that tokenized differently, edited fields, errata) plus
-the repair set (runtime/repair.py); (4) compute them and the last prompt token against the assembled
+the repair set (runtime/repair.py), unless that repair would cost more than a full prefill (a long
+history computed anyway, the blend's passes on top: `repair_cost`), when every token is computed
+instead, exactly; (4) compute them and the last prompt token against the assembled
 cache in one forward pass, whose attention skips the cache beyond each position-ordered group of them
 (runtime/passes.py). The cache then holds every prompt token but the last, so the result plugs into
 `model.generate`, and the last token's logits (the first decoding step) come with it.
@@ -30,7 +32,7 @@ from skillforge.rope import RopeSpec, rope_spec
 from skillforge.runtime.cache import CachePool, SpliceCache
 from skillforge.runtime.masks import scattered_mask
 from skillforge.runtime.passes import PASS_COST, grouped_attention, plan_passes
-from skillforge.runtime.repair import Repair, select_repair
+from skillforge.runtime.repair import Repair, repair_cost, select_repair
 
 
 @dataclass
@@ -106,6 +108,11 @@ class Splicer:
                 reused[c : c + n] = True
             reuse.append((i, blocks))
             skill_tokens += len(pos)
+        uncovered = ~reused
+        if rotate and repair.prefill_fallback and repair_cost(repair, prompt, skills, reuse, int(uncovered.sum()),
+                                                             len(cache.layers)) >= L:
+            # the repair would cost more than a full prefill: prefill instead, exact and no slower
+            reuse, reused = [], torch.zeros(L, dtype=torch.bool)
         # Assemble: rotate and write reused K/V straight into their slots, except where a pooled
         # cache already holds that block from an earlier splice (only its since-written slots change).
         buffers, capacity = cache.buffers(), cache.layers[0].keys.shape[2]
@@ -119,7 +126,6 @@ class Splicer:
                 elif stale.numel():
                     self._write_block(cache, r.kv, r.meta.offset + a, a, c, n, rotate, slots=stale)
                 cache.contents.wrote(source, a, c, n, capacity)
-        uncovered = ~reused
         ids = torch.tensor(prompt.ids, device=device)
         chosen = (select_repair(self.lm.model, repair, prompt, skills, reuse, cache,
                                 lambda positions, observe: self.compute(cache, ids, positions, observe))
@@ -139,7 +145,7 @@ class Splicer:
             prompt=prompt,
             reused=n_reused,
             computed=L - n_reused,
-            repaired=len(chosen),
+            repaired=int((~uncovered & ~reused).sum()),  # covered by an artifact, computed anyway
             skill_tokens=skill_tokens,
             artifacts=[r.digest for r in skills if r.digest],
             computed_positions=compute,
