@@ -144,12 +144,17 @@ def repair_cost(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: li
     cost = computed + seams + budget
     if budget < repair.min_blend:
         return cost
-    by_probe = {"deviation": budget, "attention": 0, "both": budget // 2}[repair.select]
+    by_probe = _probe_share(repair.select, budget)
     if by_probe:  # it runs every layer below the probe layer (and stops inside that one)
         cost += len(prompt.ids) * probe_layer(repair.probe_layer, layers) / layers
     if budget > by_probe:
         cost += computed + seams + by_probe
     return cost
+
+
+def _probe_share(select: str, budget: int) -> int:
+    """How much of the blend budget the probe's ranking fills; the attention choice fills the rest."""
+    return {"deviation": budget, "attention": 0, "both": budget // 2}[select]
 
 
 def probe_layer(layer: int | None, layers: int) -> int:
@@ -170,7 +175,7 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     candidates = [p for positions in spans for p in positions[seam:]]
     if blend and candidates:
         budget = min(budget, len(candidates))
-        by_probe = {"deviation": budget, "attention": 0, "both": budget // 2}[repair.select]
+        by_probe = _probe_share(repair.select, budget)
         if by_probe:
             chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, by_probe))
         if budget > by_probe:  # the rest by the user turn's attention, the probe's picks computed in its pass
