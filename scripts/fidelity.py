@@ -102,7 +102,7 @@ def probe_both(shallow: bool) -> Selector:
     probe layer (`probeattn`) or averaged over layers 1..probe layer (`shallowattn`)."""
     def pick(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any,
              chosen: set[int], candidates: list[int], budget: int) -> None:
-        layer = max(1, len(cache.layers) // 4)
+        layer = repair_mod.probe_layer(repair.probe_layer, len(cache.layers))
         ids = torch.tensor([prompt.ids], device=model.device)
         t0 = repair_mod._user_turn(prompt)
         read = torch.zeros(len(prompt.ids))
@@ -129,9 +129,10 @@ def probe_both(shallow: bool) -> Selector:
         idx = torch.tensor(candidates)
         deviation = (seen["key"][:, idx] - cache.layers[layer].keys[0][:, idx].float()).norm(dim=-1).sum(0)
         score = deviation * seen["att"][idx]
-        chosen.update(idx[score.topk(budget // 2).indices].tolist())
+        by_probe = repair_mod._probe_share("both", budget)
+        chosen.update(idx[score.topk(by_probe).indices].tolist())
         rest = torch.tensor([p for p in candidates if p not in chosen])
-        chosen.update(rest[read[rest].topk(budget - budget // 2).indices].tolist())
+        chosen.update(rest[read[rest].topk(budget - by_probe).indices].tolist())
     return blend_variant(pick)
 
 
