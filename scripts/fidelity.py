@@ -25,6 +25,13 @@ the default:
               select=attention (blend by the user turn's attention in the spliced cache, no probe)
   system      (lone-system cases only) each skill compiled behind the case's own system text
               (`compile --system`), spliced with the default repair: how often that makes a splice exact
+  leadN       every skill that does not open the system turn compiled behind LEADS[N], a generic system
+              text, instead of the bare anchor (Cache-Craft-style prefix variants), the default repair
+  meanlead    the same with the mean of the K/V compiled behind every lead (keys rotated to one place)
+  sens        where the budget is under min_blend, seam 16 then the tokens whose K/V move most between the
+              bare anchor and the leads (compile-time sensitivity) instead of a longer seam; sensN[q]: from
+              LEADS[N] alone (q: its first quarter of layers); sensattn: every budget by sensitivity times
+              the user turn's attention from the attention pass, no probe
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
 tokens); --sample N draws N cases stratified by kind with --seed. The subset is printed with the results, by case id.
 """
@@ -198,6 +205,58 @@ def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: 
     return idx[score.topk(budget).indices].tolist()
 
 
+def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None, depth: int | None = None) -> torch.Tensor:
+    """[artifact tokens]: how much each token's K/V changes when the skill is compiled behind the lead
+    texts instead of its bare anchor (relative K and V deviation summed over layers, averaged over
+    the leads): a compile-time measure of which tokens depend on what came before (block ends and
+    paragraph breaks that gather their section, like attention sinks), with no probe at splice time."""
+    meta = resolved.meta
+    key = (meta.skill, meta.version)
+    if key not in memo:
+        from skillforge.manifest import Manifest
+        manifest = Manifest.from_dict(meta.extra["manifest"], source=meta.skill)
+        score = torch.zeros(len(meta.token_ids))
+        leads = leads or LEADS
+        for lead in leads:
+            for (k, v), (k2, v2) in list(zip(resolved.kv, lead_kv(lm, manifest, lead, meta)))[:depth]:
+                k, v = k.float(), v.float()
+                score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0)
+                score += ((v - v2).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0)
+        memo[key] = score / len(leads)
+    return memo[key]
+
+
+def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None, depth: int | None = None) -> Selector:
+    """Seam, then the budget by compile-time sensitivity (`sensitivity`) instead of a longer seam where
+    the budget is under min_blend (`sens`); with `with_attention` (`sensattn`), a larger budget too,
+    by sensitivity times the user turn's attention from the attention pass, no probe forward."""
+    memo: dict = {}
+
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
+        if not spans or (budget >= repair.min_blend and not with_attention):
+            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+        chosen = {p for positions in spans for p in positions[: repair.seam]}
+        score: dict[int, float] = {}
+        for i, blocks in reuse:
+            if repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) == 0:
+                continue
+            sens = sensitivity(lm, resolved[i], memo, leads, depth)
+            for a, c, n in blocks:
+                for k in range(n):
+                    if c + k not in chosen:
+                        score[c + k] = float(sens[a + k])
+        if not score or budget <= 0:
+            return chosen
+        idx = torch.tensor(list(score))
+        val = torch.tensor(list(score.values()))
+        if with_attention and budget >= repair.min_blend:
+            val = val * repair_mod._user_attention(compute, prompt, reuse, chosen)[idx]
+        chosen.update(idx[val.topk(min(budget, idx.numel())).indices].tolist())
+        return chosen
+    return select
+
+
 def variant(name: str) -> tuple[Repair, Selector | None]:
     if name == "default":
         return Repair(), None
@@ -209,6 +268,12 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), per_skill()
     if name == "seammax":
         return Repair(), seam_within_budget()
+    if name in ("sens", "sensattn"):
+        return Repair(), by_sensitivity(LM[0], with_attention=name == "sensattn")
+    m = re.fullmatch(r"sens(\d)(q?)", name)
+    if m:  # the sensitivity from one lead only (q: over the first quarter of the layers)
+        depth = max(1, LM[0].model.config.get_text_config().num_hidden_layers // 4) if m.group(2) else None
+        return Repair(), by_sensitivity(LM[0], with_attention=False, leads=[LEADS[int(m.group(1))]], depth=depth)
     if name == "seam16":
         return Repair(blend=0.0), None
     if "=" in name:  # Repair fields, e.g. min_blend=16/blend=0.1
@@ -266,6 +331,85 @@ def compiled_behind_system(lm: Any, cases: list, skills: str, memo: EvalMemo) ->
             "greedy16": sum(r["greedy16_match"] for r in rows), "repaired": sum(r["repaired"] for r in rows), "per_case": rows}
 
 
+# generic system texts for `leadN` / `meanlead` (written for this experiment, not taken from the corpus)
+LM: list[Any] = []  # the loaded model, for selectors that compile (sensitivity)
+LEADS = [
+    "You are a helpful assistant. Use the reference material below when it applies to the user's request.",
+    "Reference material for this conversation follows. Each section stands on its own; apply the one that fits.",
+    "You are a helpful assistant.",
+    "You are a helpful, careful assistant. Answer the user's questions accurately and concisely. Use the reference "
+    "material below when it applies to the user's request.",
+]
+
+
+def behind_lead(lead: str) -> Callable[[Any, Any], Any]:
+    """The skill compiled behind `lead` as the system text before it (`compile --system lead`)."""
+    from skillforge.compile import compile_skill
+    from skillforge.prompt import system_anchor
+    from skillforge.runtime import Resolved
+
+    def make(lm: Any, manifest: Any) -> Any:
+        return Resolved(*compile_skill(lm, manifest, anchor=system_anchor(lm.tokenizer, lead, manifest.render().text)), None)
+    return make
+
+
+def lead_kv(lm: Any, manifest: Any, lead: str, meta: Any) -> list:
+    """The skill's K/V compiled behind `lead`, keys rotated to the positions of `meta` (its
+    template-anchored compile), in float32."""
+    from skillforge.rope import rope_spec
+
+    rope = rope_spec(lm.model)
+    other = behind_lead(lead)(lm, manifest)
+    n = len(meta.token_ids)
+    src = torch.arange(other.meta.offset, other.meta.offset + n)
+    dst = torch.arange(meta.offset, meta.offset + n)
+    return [(rope.shift(layer, k.float(), *rope.angle_delta(layer, src, dst, wide=True)), v.float())
+            for layer, (k, v) in enumerate(other.kv)]
+
+
+def mean_behind_leads(lm: Any, manifest: Any) -> Any:
+    """The skill compiled behind every lead text, keys rotated back to the template anchor's
+    positions, K and V averaged: the expected KV over the leads, a guess at the state a skill is in
+    after some text, whatever that text is. Its metadata is the template-anchored compile's."""
+    from skillforge.compile import compile_skill
+    from skillforge.runtime import Resolved
+
+    meta, _ = compile_skill(lm, manifest)
+    kvs = [lead_kv(lm, manifest, lead, meta) for lead in LEADS]
+    return Resolved(meta, [(sum(kv[i][0] for kv in kvs) / len(kvs), sum(kv[i][1] for kv in kvs) / len(kvs))
+                           for i in range(len(kvs[0]))], None)
+
+
+def compiled_after_text(lm: Any, cases: list, make: Callable[[Any, Any], Any], skills: str, memo: EvalMemo) -> list:
+    """Every skill that does not sit right behind the bare anchor made by `make(lm, manifest)`
+    (compiled behind a lead, or the mean over the leads), spliced with the default repair: does a
+    skill that has already seen some text deviate less after other text than one compiled at the
+    start of the system turn? -> the per-case rows."""
+    from skillforge.eval import arms
+    from skillforge.manifest import discover
+
+    manifests = discover(Path(skills))
+    original = arms.compiled
+    made: dict[tuple, Any] = {}
+    rows = []
+    for case in cases:
+        first = case.skills[0].split("@")[0] if not case.system else None
+
+        def behind(lm_: Any, manifest: Any, anchor: str, memo_: EvalMemo, first: str | None = first) -> Any:
+            if manifest.name == first or anchor != "template":
+                return original(lm_, manifest, anchor, memo_)
+            key = (manifest.name, manifest.version)
+            if key not in made:
+                made[key] = make(lm_, manifest)
+            return made[key]
+        arms.compiled = behind
+        try:
+            rows += run_eval(lm, [case], skills=manifests, memo=memo)["per_case"]
+        finally:
+            arms.compiled = original
+    return rows
+
+
 def subset(cases: list, no_long: bool, sample: int | None, seed: int, kinds: str | None = None) -> list:
     if kinds:
         cases = [c for c in cases if case_kind(c) in kinds.split(",")]
@@ -310,10 +454,23 @@ def main() -> None:
     cases = subset([c for f in args.cases for c in load_cases(f)], args.no_long, args.sample, args.seed, args.kinds)
     print(f"{len(cases)} cases: {' '.join(c.id for c in cases)}", file=sys.stderr, flush=True)
     lm = load_model(args.model)
+    LM.append(lm)
     memo = EvalMemo()
     out: dict[str, Any] = {"model": args.model, "cases": [c.id for c in cases], "variants": {}}
     for name in args.variants.split(","):
-        if name == "system":
+        if name.startswith("lead") or name == "meanlead":
+            make = mean_behind_leads if name == "meanlead" else behind_lead(LEADS[int(name[4:] or 0)])
+            rows = compiled_after_text(lm, cases, make, args.skills, memo)
+            doc = out["variants"][name] = {"per_case": rows}
+            by: dict[str, list] = {}
+            for r in rows:
+                by.setdefault(r["kind"], []).append(r)
+            for k, g in sorted(by.items()):
+                n = len(g)
+                print(f"   {name} {k:12s} n={n:3d} top1 {sum(r['top1'] for r in g)/n:.3f} g16 {sum(r['greedy16_match'] for r in g)/n:.3f} "
+                      f"kl {sum(r['kl'] for r in g)/n:.4f} max {max(r['kl'] for r in g):.4f} "
+                      f"rec {sum(r['repaired'] for r in g)/max(1, sum(r['skill_tokens'] for r in g)):.3f}", flush=True)
+        elif name == "system":
             doc = out["variants"][name] = compiled_behind_system(lm, cases, args.skills, memo)
             print(f"\n== system: {doc['cases']} lone-system cases, exact (KL < 1e-4) {doc['exact']}, top1 {doc['top1']}, "
                   f"greedy16 {doc['greedy16']}, repaired tokens {doc['repaired']}", flush=True)
