@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from skillforge.compile import SENSITIVITY_LEAD
 from skillforge.eval import EvalMemo, load_cases, run_eval
 from skillforge.eval.run import case_kind
 from skillforge.model.forward import prefill
@@ -337,8 +338,7 @@ LEADS = [
     "You are a helpful assistant. Use the reference material below when it applies to the user's request.",
     "Reference material for this conversation follows. Each section stands on its own; apply the one that fits.",
     "You are a helpful assistant.",
-    "You are a helpful, careful assistant. Answer the user's questions accurately and concisely. Use the reference "
-    "material below when it applies to the user's request.",
+    SENSITIVITY_LEAD,  # the one compile measures sensitivity with
 ]
 
 

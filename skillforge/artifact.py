@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import struct
 from collections.abc import Mapping
@@ -89,6 +90,12 @@ class ArtifactMeta:
     @property
     def anchor_digest(self) -> str:
         return anchor_digest(self.anchor_ids)
+
+    @property
+    def sensitivity(self) -> list[float] | None:
+        """Per token, how far its K/V move behind other text (compile.sensitivity); None in artifacts
+        compiled before it was recorded."""
+        return self.extra.get("sensitivity")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -218,6 +225,10 @@ def _check_extra(meta: ArtifactMeta, source: str) -> None:
     labels = meta.extra.get("labels", {})
     if not isinstance(labels, dict) or not all(type(v) is str for v in labels.values()):
         raise _corrupt(source, "extra.labels must map field names to text")
+    sens = meta.extra.get("sensitivity", [])
+    if "sensitivity" in meta.extra and (type(sens) is not list or len(sens) != len(meta.token_ids) or not all(
+            type(x) in (int, float) and 0 <= x < math.inf for x in sens)):
+        raise _corrupt(source, f"extra.sensitivity must be {len(meta.token_ids)} finite non-negative numbers, one per token")
     if "manifest" not in meta.extra:
         return
     try:

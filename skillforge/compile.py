@@ -11,19 +11,32 @@ A deployment whose system text is fixed can compile behind it (`prompt.system_an
 the anchor is then every token a context with that system text has before the skill, so the skill
 splices there exactly, with no repair, and after it (behind earlier skills) only what follows the
 system text is unseen.
+
+Each artifact also records every token's *sensitivity*: how far its keys and values move when the
+skill is prefilled behind a generic system text (SENSITIVITY_LEAD) instead of its anchor, summed over
+layers. The tokens that move most are the ends of code blocks, paragraph breaks and sentence ends,
+which gather their section like attention sinks; after a short unseen text, repair recomputes those
+rather than a longer seam (runtime/repair.py). It costs one more prefill of the skill at compile time.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import torch
+
 from skillforge.artifact import ArtifactMeta, FieldSpan
 from skillforge.errors import ContextTooLong
 from skillforge.manifest import Manifest
 from skillforge.model.forward import KV, prefill
 from skillforge.model.loader import LoadedModel
-from skillforge.prompt import char_spans_to_tokens, resolve_anchor, tokenize_with_offsets
-from skillforge.rope import rope_spec
+from skillforge.prompt import char_spans_to_tokens, has_chat_template, resolve_anchor, system_anchor, tokenize_with_offsets
+from skillforge.rope import RopeSpec, rope_spec
+
+# the system text a skill is prefilled behind once more at compile time, to measure its tokens'
+# sensitivity to what precedes them; generic on purpose (written for this, not taken from any eval set)
+SENSITIVITY_LEAD = ("You are a helpful, careful assistant. Answer the user's questions accurately and concisely. "
+                    "Use the reference material below when it applies to the user's request.")
 
 
 def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | None = None, anchor: str | list[int] = "template") -> tuple[ArtifactMeta, KV]:
@@ -55,6 +68,31 @@ def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | 
         rope=spec.params,
         num_layers=len(layers),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        extra={"manifest": manifest.to_dict(), "labels": {f.name: f.label for f in manifest.fields.values()}},
+        extra={"manifest": manifest.to_dict(), "labels": {f.name: f.label for f in manifest.fields.values()},
+               "sensitivity": sensitivity(lm, spec, rendered.text, ids, n, layers)},
     )
     return meta, layers
+
+
+def lead_anchor(lm: LoadedModel, text: str) -> list[int]:
+    """The tokens before skill `text` when SENSITIVITY_LEAD is the system text before it (a raw prompt's
+    layout on a model without a chat template)."""
+    return system_anchor(lm.tokenizer, SENSITIVITY_LEAD, text, raw=not has_chat_template(lm.tokenizer))
+
+
+@torch.no_grad()
+def sensitivity(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], offset: int, kv: KV) -> list[float]:
+    """Per skill token: the relative distance of its keys and values (averaged over KV heads, summed
+    over layers) between `kv`, prefilled behind the anchor at `offset`, and a prefill behind
+    SENSITIVITY_LEAD, keys rotated to the same positions. Rounded to 4 decimals (metadata is JSON)."""
+    lead = lead_anchor(lm, text)
+    other = prefill(lm.model, lead + ids, start=len(lead))
+    src = torch.arange(len(lead), len(lead) + len(ids))
+    dst = torch.arange(offset, offset + len(ids))
+    score = torch.zeros(len(ids))
+    for layer, ((k, v), (k2, v2)) in enumerate(zip(kv, other)):
+        k, v = k.float(), v.float()
+        k2 = spec.shift(layer, k2.float(), *spec.angle_delta(layer, src, dst, wide=True))
+        score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
+        score += ((v - v2.float()).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
+    return [round(x, 4) for x in score.tolist()]

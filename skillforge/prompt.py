@@ -170,13 +170,13 @@ def resolve_anchor(tokenizer: Any, anchor: str | list[int]) -> list[int]:
     return template_anchor(tokenizer) if check_anchor(anchor) == "template" else raw_prefix(tokenizer)
 
 
-def system_anchor(tokenizer: Any, system: str, text: str) -> list[int]:
-    """The tokens a chat prompt with system text `system` has before a skill `text` that follows it
-    (the layout's rendering, tokenized as a whole: the separator's tokens depend on the skill's first
-    characters)."""
-    if not getattr(tokenizer, "chat_template", None):
+def system_anchor(tokenizer: Any, system: str, text: str, raw: bool = False) -> list[int]:
+    """The tokens a chat prompt (or a `raw` one) with system text `system` has before a skill `text`
+    that follows it (the layout's rendering, tokenized as a whole: the separator's tokens depend on the
+    skill's first characters)."""
+    if not raw and not getattr(tokenizer, "chat_template", None):
         raise BadReference("compiling behind a system text needs a chat template; this tokenizer has none")
-    prompt = build_prompt(tokenizer, system, [text], "")
+    prompt = build_prompt(tokenizer, system, [text], "", raw=raw)
     return prompt.ids_before(prompt.skill_spans[0][0])
 
 

@@ -127,6 +127,10 @@ MALFORMED: dict[str, Callable[[], bytes]] = {
     "manifest of another skill": lambda: edited(lambda t, m: m.update(extra={"manifest": {
         "name": "other", "version": "1.0.0", "template": m["text"], "fields": {}}})),
     "manifest that is not a manifest": lambda: edited(lambda t, m: m.update(extra={"manifest": [1, 2]})),
+    "sensitivity of another length": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [0.5] * 4})),
+    "negative sensitivity": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [0.5, 0.1, -1, 0, 2]})),
+    "sensitivity not numbers": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [0.5, 0.1, "x", 0, 2]})),
+    "sensitivity of bools": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [True] * 5})),
 }
 
 
@@ -158,6 +162,7 @@ def test_messages_say_what_is_wrong():
     assert "tensor 'k.0' holds 5 tokens, the metadata 4" in message("token count differs from the tensors")
     assert "the safetensors header is list, not an object" in message("header is a JSON list")
     assert "data_offsets [0] are not two byte offsets" in message("data_offsets of one element")
+    assert "extra.sensitivity must be 5 finite non-negative numbers, one per token" in message("negative sensitivity")
     assert "key 'k.0' appears twice" in message("duplicate tensor key")
 
 

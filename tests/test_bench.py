@@ -48,8 +48,10 @@ def test_bench_on_tiny_model_runs_every_arm_in_every_round(demo_tokenizer):
         # the edit computes its field (and for field+erratum the erratum), not the skill
         assert 0 < row["edit_computed_inplace"] < min(row["edit_computed_erratum"], row["prompt_tokens"])
     assert doc["compile_over_bare"]["median"] > 0 and {"start", "end"} == set(doc["load"])
+    # compile runs two prefills (behind the anchor, behind the sensitivity lead): about twice one forward
+    assert doc["compile_over_one_forward"]["median"] > doc["compile_over_bare"]["median"]
     text = format_bench(doc)
-    assert "edit_speedup_erratum" in text and "compile / bare" in text
+    assert "edit_speedup_erratum" in text and "compile / its two bare forwards" in text
 
 
 def test_no_timed_arm_hashes_the_just_compiled_skill(demo_tokenizer, tmp_path: Path, monkeypatch):
@@ -74,7 +76,8 @@ def bench_doc() -> dict:
            "rounds": [{"load_before": 1.0, "load_after": 2.0}]}
     return {"model": "m", "dtype": "float32", "device": "cpu", "rounds": 1, "rows": [row], "cpu_count": 2, "threads": 2,
             "wall_s": 60, "compile_tokens": 512, "compile_tokens_per_s": 100.0, "bare_forward_tokens_per_s": 102.0,
-            "compile_over_bare": {"median": 1.02, "min": 1.0, "max": 1.04}}
+            "compile_over_bare": {"median": 1.02, "min": 1.0, "max": 1.04},
+            "compile_over_one_forward": {"median": 2.04, "min": 2.0, "max": 2.08}}
 
 
 def test_readme_writer_touches_only_its_block(tmp_path: Path):

@@ -386,9 +386,10 @@ def test_auto_ceiling_buys_blend_only_where_skills_missed_text(tok):
     assert alone.repaired == 0
 
 
-def test_budget_under_min_blend_lengthens_the_seams(tok):
-    """A blend budget too small to pay for the probe's forward goes to the seams: each skill that missed
-    text gets its first seam + budget/skills tokens recomputed, a contiguous run, and nothing else."""
+def test_budget_under_min_blend_buys_the_most_sensitive_tokens(tok):
+    """A blend budget too small to pay for the probe's forward: each skill that missed text gets its
+    seam, and the budget goes to the tokens of either skill whose K/V moved most behind another text
+    at compile time (their artifacts' sensitivity), and nothing else."""
     lm = lm_for("llama", tok)
     a, b = skill(lm, "a"), skill(lm, "b")
     rt = Runtime(lm)
@@ -399,11 +400,13 @@ def test_budget_under_min_blend_lengthens_the_seams(tok):
     skill_tokens = sum(len(s) for s in spans)
     budget = min(round(repair.blend * skill_tokens), max(unseen_tokens(prompt, i, r.meta.anchor_ids) for i, r in enumerate([a, b])))
     assert 0 < budget < repair.min_blend
-    seam = repair.seam + budget // 2
     computed = set(result.computed_positions.tolist())
-    for positions in spans:
-        assert {p for p in positions if p in computed} == set(positions[:seam])
-    assert result.repaired == 2 * seam
+    seams = {p for positions in spans for p in positions[: repair.seam]}
+    # every skill token here came from its artifact in order: artifact token t of skill i at spans[i][t]
+    sensitivity = {p: r.meta.sensitivity[t] for positions, r in zip(spans, [a, b]) for t, p in enumerate(positions)}
+    rest = sorted(set(sensitivity) - seams, key=sensitivity.__getitem__, reverse=True)
+    assert {p for positions in spans for p in positions if p in computed} == seams | set(rest[:budget])
+    assert result.repaired == 2 * repair.seam + budget
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])

@@ -7,6 +7,7 @@ reused tokens of skills that missed something."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,25 @@ def test_a_repair_dearer_than_a_prefill_prefills_instead(rt: Runtime):
     assert forced.reused > 0 and forced.repaired > Repair().min_blend
     short = rt.splice(Context(skills=["json-contract", "pirate-voice"], user="Ahoy?"))
     assert short.reused > 0 and short.repaired > Repair().min_blend  # a short turn: the splice is cheaper
+
+
+def test_a_short_unseen_text_buys_the_most_sensitive_tokens_not_a_longer_seam(rt: Runtime):
+    # a 5-token system text: a budget under min_blend, spent on the skill's tokens whose K/V moved most
+    # behind another text at compile time (compile.sensitivity), after the seam
+    ctx = Context(skills=["pirate-voice"], system="Be brief.", user="Ahoy?")
+    result = rt.splice(ctx, repair=Repair(seam=4))
+    resolved = rt.resolve("pirate-voice")
+    sens = resolved.meta.sensitivity
+    assert sens is not None and len(sens) == resolved.meta.tokens and min(sens) >= 0 and max(sens) > 0
+    unseen = unseen_tokens(result.prompt, 0, resolved.meta.anchor_ids)
+    (span,) = _skill_positions(result)
+    start = min(span)  # the skill's tokens sit in order from here: artifact token t at start + t
+    ranked = sorted(range(4, len(sens)), key=lambda t: sens[t], reverse=True)
+    assert _repaired(result) == set(range(start, start + 4)) | {start + t for t in ranked[:unseen]}
+    # an artifact compiled before sensitivity was recorded: a seam longer by the budget, as before
+    old = replace(resolved, meta=replace(resolved.meta, extra={k: v for k, v in resolved.meta.extra.items() if k != "sensitivity"}))
+    result = rt.splice(ctx, skills=[old], repair=Repair(seam=4))
+    assert _repaired(result) == set(range(start, start + 4 + unseen))
 
 
 def test_adaptive_blend_is_capped_by_the_unseen_text(rt: Runtime):

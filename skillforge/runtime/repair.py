@@ -25,13 +25,16 @@ others, two repairs combine:
            2.2 s with the probe alone). `Repair(select=...)` picks one alone.
 The default (`auto`; `auto:R` sets R, else 0.15) sizes blend by what the skills missed: at most R of
 the context's skill tokens and at most one token per unseen token before the skill. A budget under
-`min_blend` tokens lengthens the seams instead (split evenly over the skills that missed text): after
-a short system text, the tokens right after it are the ones it changed most (7 dev lone-system
-contexts, qwen2.5-coder-0.5b: KL 0.028 with the 16-token seam alone, 0.012 with the longer seam,
-0.024 with the attention choice at the same budget; a seam of max(16, budget) instead saved a
-quarter of those tokens but on the test samples kept qwen2.5-coder-0.5b at KL 0.0217, against
-0.0153). A 40-token system text before a long skill then costs 56 seam tokens; a skill spliced
-after a 1,000-token skill gets up to R of the skill tokens recomputed.
+`min_blend` tokens is too small to pay for the probe's forward; it buys, after the seams, the skill
+tokens whose K/V moved most when the skill was prefilled behind a generic system text at compile
+time (the artifact's `sensitivity`, compile.py): ends of code blocks, paragraph breaks and sentence
+ends, which gather their section like attention sinks, spread over the whole skill. On 17 dev
+lone-system contexts, against seams longer by the budget (the earlier default, and what an artifact
+compiled before sensitivity was recorded still gets), at the same tokens recomputed:
+qwen2.5-coder-0.5b KL 0.0318 -> 0.0148 (max 0.222 -> 0.048), the demo model 0.0066 -> 0.0040. (Longer
+seams had beaten the 16-token seam alone, 0.028 -> 0.012 on 7 of those, and the attention choice,
+0.024.) A 40-token system text before a long skill then costs 16 seam and 40 sensitive tokens; a
+skill spliced after a 1,000-token skill gets up to R of the skill tokens recomputed.
 Where the seams, the budget, the probe and the attention pass would together cost more token-forwards
 than a full prefill (`repair_cost`: most of the prompt is computed anyway, e.g. a long history after
 the skills), the splice prefills instead (`prefill_fallback`): exact, and no slower.
@@ -169,11 +172,11 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     over sorted positions against `cache`, with `observe` wrapped around its attention: the attention
     choice reads the user turn from it."""
     spans, budget = missed_spans(repair, prompt, resolved, reuse)
-    blend = budget >= repair.min_blend
-    seam = repair.seam if blend else repair.seam + budget // max(1, len(spans))
-    chosen = {p for positions in spans for p in positions[:seam]}
-    candidates = [p for positions in spans for p in positions[seam:]]
-    if blend and candidates:
+    if budget < repair.min_blend:
+        return _seams_and_sensitive(repair, prompt, resolved, reuse, spans, budget)
+    chosen = {p for positions in spans for p in positions[: repair.seam]}
+    candidates = [p for positions in spans for p in positions[repair.seam :]]
+    if candidates:
         budget = min(budget, len(candidates))
         by_probe = _probe_share(repair.select, budget)
         if by_probe:
@@ -183,6 +186,23 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
             read = _user_attention(compute, prompt, reuse, chosen)[idx]
             chosen.update(idx[read.topk(budget - by_probe).indices].tolist())
     return chosen
+
+
+def _seams_and_sensitive(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list,
+                         spans: list[list[int]], budget: int) -> set[int]:
+    """A budget too small for the blend: the seams, then the `budget` most sensitive tokens of the
+    skills that missed text (their artifacts' compile-time sensitivity), else (an artifact without
+    it) seams longer by the budget, split over the skills."""
+    chosen = {p for positions in spans for p in positions[: repair.seam]}
+    sensitive: dict[int, float] = {}
+    for i, blocks in reuse:
+        sens = resolved[i].meta.sensitivity
+        if sens is None:
+            longer = repair.seam + budget // max(1, len(spans))
+            return {p for positions in spans for p in positions[:longer]}
+        sensitive.update((c + k, sens[a + k]) for a, c, n in blocks for k in range(n))
+    rest = sorted((p for positions in spans for p in positions[repair.seam :]), key=sensitive.__getitem__, reverse=True)
+    return chosen | set(rest[:budget])
 
 
 def _user_turn(prompt: "Prompt") -> int:
