@@ -13,7 +13,7 @@ the default:
   probeattn   half the budget by the probe's score, half by the user turn's true attention at the probe layer
   shallowattn  the same, the attention averaged over layers 1..probe layer (both without the extra pass)
   perskill    the default, but each skill gets its own blend budget (blend of its tokens, one per token it missed)
-  seammax     the default, but a budget under min_blend makes the seam max(seam, budget) long, not seam + budget
+  seammax     the default, but a budget under min_blend makes the seam max(seam, budget) long (no sensitive tokens)
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
   massS[capC]  seam 16, then the fewest probe-ranked candidates holding S% of the probe's total score,
               at most C% (default 15) of the skill tokens: a budget sized by measured deviation
@@ -91,7 +91,7 @@ def mass(share: float, cap: float = 0.15, seam: int = 16) -> Selector:
 
 def blend_variant(pick: Callable[..., None]) -> Selector:
     """A selector that changes only how the blend budget is spent: under min_blend it is the default
-    (the budget lengthens the seams); otherwise the seams, then `pick(model, repair, prompt, resolved,
+    (seams and the most sensitive tokens); otherwise the seams, then `pick(model, repair, prompt, resolved,
     reuse, cache, chosen, candidates, budget)` adds its choice to `chosen`."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
