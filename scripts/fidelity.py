@@ -13,6 +13,7 @@ the default:
   probeattn   half the budget by the probe's score, half by the user turn's true attention at the probe layer
   shallowattn  the same, the attention averaged over layers 1..probe layer (both without the extra pass)
   perskill    the default, but each skill gets its own blend budget (blend of its tokens, one per token it missed)
+  halfsens    the default, but a budget under min_blend goes half to longer seams, half to sensitive tokens
   seammax     the default, but a budget under min_blend makes the seam max(seam, budget) long (no sensitive tokens)
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
   massS[capC]  seam 16, then the fewest probe-ranked candidates holding S% of the probe's total score,
@@ -44,6 +45,7 @@ import random
 import re
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -258,6 +260,18 @@ def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None
     return select
 
 
+def half_sensitive() -> Selector:
+    """The default, but a budget under min_blend goes half to longer seams (split over the skills) and
+    half to the most sensitive tokens: the tokens right after a long unseen text, and the section ends."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
+        if not spans or budget >= repair.min_blend:
+            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+        longer = replace(repair, seam=repair.seam + budget // 2 // len(spans))
+        return repair_mod._seams_and_sensitive(longer, prompt, resolved, reuse, spans, budget - budget // 2)
+    return select
+
+
 def variant(name: str) -> tuple[Repair, Selector | None]:
     if name == "default":
         return Repair(), None
@@ -267,6 +281,8 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), probe_both(shallow=name == "shallowattn")
     if name == "perskill":
         return Repair(), per_skill()
+    if name == "halfsens":
+        return Repair(), half_sensitive()
     if name == "seammax":
         return Repair(), seam_within_budget()
     if name in ("sens", "sensattn"):

@@ -31,7 +31,7 @@ time (the artifact's `sensitivity`, compile.py): ends of code blocks, paragraph 
 ends, which gather their section like attention sinks, spread over the whole skill. On 17 dev
 lone-system contexts, against seams longer by the budget (the earlier default, and what an artifact
 compiled before sensitivity was recorded still gets), at the same tokens recomputed:
-qwen2.5-coder-0.5b KL 0.0318 -> 0.0148 (max 0.222 -> 0.048), the demo model 0.0066 -> 0.0040. (Longer
+qwen2.5-coder-0.5b KL 0.0318 -> 0.0148 (max 0.222 -> 0.048), the demo model 0.0066 -> 0.0037. (Longer
 seams had beaten the 16-token seam alone, 0.028 -> 0.012 on 7 of those, and the attention choice,
 0.024.) A 40-token system text before a long skill then costs 16 seam and 40 sensitive tokens; a
 skill spliced after a 1,000-token skill gets up to R of the skill tokens recomputed.
