@@ -268,7 +268,7 @@ def half_sensitive() -> Selector:
         if not spans or budget >= repair.min_blend:
             return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
         longer = replace(repair, seam=repair.seam + budget // 2 // len(spans))
-        return repair_mod._seams_and_sensitive(longer, prompt, resolved, reuse, spans, budget - budget // 2)
+        return repair_mod._seams_and_sensitive(longer, resolved, reuse, spans, budget - budget // 2)
     return select
 
 

@@ -92,7 +92,8 @@ def sensitivity(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], offs
     score = torch.zeros(len(ids))
     for layer, ((k, v), (k2, v2)) in enumerate(zip(kv, other)):
         k, v = k.float(), v.float()
-        k2 = spec.shift(layer, k2.float(), *spec.angle_delta(layer, src, dst, wide=True))
+        cos, sin = spec.angle_delta(layer, src, dst, wide=True)
+        k2 = spec.shift(layer, k2.float(), cos.to(k2.device), sin.to(k2.device))
         score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
         score += ((v - v2.float()).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
     return [round(x, 4) for x in score.tolist()]

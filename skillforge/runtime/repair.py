@@ -173,7 +173,7 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     choice reads the user turn from it."""
     spans, budget = missed_spans(repair, prompt, resolved, reuse)
     if budget < repair.min_blend:
-        return _seams_and_sensitive(repair, prompt, resolved, reuse, spans, budget)
+        return _seams_and_sensitive(repair, resolved, reuse, spans, budget)
     chosen = {p for positions in spans for p in positions[: repair.seam]}
     candidates = [p for positions in spans for p in positions[repair.seam :]]
     if candidates:
@@ -188,8 +188,7 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     return chosen
 
 
-def _seams_and_sensitive(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list,
-                         spans: list[list[int]], budget: int) -> set[int]:
+def _seams_and_sensitive(repair: Repair, resolved: list[Any], reuse: list, spans: list[list[int]], budget: int) -> set[int]:
     """A budget too small for the blend: the seams, then the `budget` most sensitive tokens of the
     skills that missed text (their artifacts' compile-time sensitivity), else (an artifact without
     it) seams longer by the budget, split over the skills."""
