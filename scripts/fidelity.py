@@ -13,6 +13,7 @@ the default:
   probeattn   half the budget by the probe's score, half by the user turn's true attention at the probe layer
   shallowattn  the same, the attention averaged over layers 1..probe layer (both without the extra pass)
   perskill    the default, but each skill gets its own blend budget (blend of its tokens, one per token it missed)
+  longseam    the default on artifacts without sensitivity: a small budget lengthens the seams (the earlier default)
   halfsens    the default, but a budget under min_blend goes half to longer seams, half to sensitive tokens
   seammax     the default, but a budget under min_blend makes the seam max(seam, budget) long (no sensitive tokens)
   fillR       seam 16, then the probe's choice (repair._deviating) until R of the skill tokens
@@ -272,6 +273,16 @@ def half_sensitive() -> Selector:
     return select
 
 
+def without_sensitivity() -> Selector:
+    """The default on artifacts without sensitivity, as compiled before it was recorded: a budget
+    under min_blend lengthens the seams (the earlier default)."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        bare = [replace(r, meta=replace(r.meta, extra={k: v for k, v in r.meta.extra.items() if k != "sensitivity"}))
+                for r in resolved]
+        return repair_mod.select_repair(model, repair, prompt, bare, reuse, cache, compute)
+    return select
+
+
 def variant(name: str) -> tuple[Repair, Selector | None]:
     if name == "default":
         return Repair(), None
@@ -281,6 +292,8 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), probe_both(shallow=name == "shallowattn")
     if name == "perskill":
         return Repair(), per_skill()
+    if name == "longseam":
+        return Repair(), without_sensitivity()
     if name == "halfsens":
         return Repair(), half_sensitive()
     if name == "seammax":
