@@ -31,8 +31,8 @@ the default:
               text, instead of the bare anchor (Cache-Craft-style prefix variants), the default repair
   meanlead    the same with the mean of the K/V compiled behind every lead (keys rotated to one place)
   sens        where the budget is under min_blend, seam 16 then the tokens whose K/V move most between the
-              bare anchor and the leads (compile-time sensitivity) instead of a longer seam; sensN[q]: from
-              LEADS[N] alone (q: its first quarter of layers); sensattn: every budget by sensitivity times
+              bare anchor and the leads (compile-time sensitivity) instead of a longer seam; sensN: from
+              LEADS[N] alone (`sens3` is what compile records); sensattn: every budget by sensitivity times
               the user turn's attention from the attention pass, no probe
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
 tokens); --sample N draws N cases stratified by kind with --seed. The subset is printed with the results, by case id.
@@ -52,11 +52,13 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from skillforge import compile as compile_mod
 from skillforge.compile import SENSITIVITY_LEAD
 from skillforge.eval import EvalMemo, load_cases, run_eval
 from skillforge.eval.run import case_kind
 from skillforge.model.forward import prefill
 from skillforge.model.loader import load_model
+from skillforge.rope import rope_spec
 from skillforge.runtime import Repair, repair as repair_mod, splice as splice_mod
 
 LONG = {"employee-handbook", "payments-api", "product-catalog"}
@@ -209,28 +211,20 @@ def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: 
     return idx[score.topk(budget).indices].tolist()
 
 
-def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None, depth: int | None = None) -> torch.Tensor:
-    """[artifact tokens]: how much each token's K/V changes when the skill is compiled behind the lead
-    texts instead of its bare anchor (relative K and V deviation summed over layers, averaged over
-    the leads): a compile-time measure of which tokens depend on what came before (block ends and
-    paragraph breaks that gather their section, like attention sinks), with no probe at splice time."""
+def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None) -> torch.Tensor:
+    """[artifact tokens]: compile.sensitivity (how much each token's K/V changes when the skill is
+    prefilled behind a lead text instead of its bare anchor) averaged over the lead texts."""
     meta = resolved.meta
     key = (meta.skill, meta.version)
     if key not in memo:
-        from skillforge.manifest import Manifest
-        manifest = Manifest.from_dict(meta.extra["manifest"], source=meta.skill)
-        score = torch.zeros(len(meta.token_ids))
+        spec = rope_spec(lm.model)
         leads = leads or LEADS
-        for lead in leads:
-            for (k, v), (k2, v2) in list(zip(resolved.kv, lead_kv(lm, manifest, lead, meta)))[:depth]:
-                k, v = k.float(), v.float()
-                score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0)
-                score += ((v - v2).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0)
-        memo[key] = score / len(leads)
+        memo[key] = sum(torch.tensor(compile_mod.sensitivity(lm, spec, meta.text, meta.token_ids, meta.offset, resolved.kv, lead))
+                        for lead in leads) / len(leads)
     return memo[key]
 
 
-def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None, depth: int | None = None) -> Selector:
+def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None) -> Selector:
     """Seam, then the budget by compile-time sensitivity (`sensitivity`) instead of a longer seam where
     the budget is under min_blend (`sens`); with `with_attention` (`sensattn`), a larger budget too,
     by sensitivity times the user turn's attention from the attention pass, no probe forward."""
@@ -245,7 +239,7 @@ def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None
         for i, blocks in reuse:
             if repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) == 0:
                 continue
-            sens = sensitivity(lm, resolved[i], memo, leads, depth)
+            sens = sensitivity(lm, resolved[i], memo, leads)
             for a, c, n in blocks:
                 for k in range(n):
                     if c + k not in chosen:
@@ -300,10 +294,9 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), seam_within_budget()
     if name in ("sens", "sensattn"):
         return Repair(), by_sensitivity(LM[0], with_attention=name == "sensattn")
-    m = re.fullmatch(r"sens(\d)(q?)", name)
-    if m:  # the sensitivity from one lead only (q: over the first quarter of the layers)
-        depth = max(1, LM[0].model.config.get_text_config().num_hidden_layers // 4) if m.group(2) else None
-        return Repair(), by_sensitivity(LM[0], with_attention=False, leads=[LEADS[int(m.group(1))]], depth=depth)
+    m = re.fullmatch(r"sens(\d)", name)
+    if m:  # the sensitivity from one lead only
+        return Repair(), by_sensitivity(LM[0], with_attention=False, leads=[LEADS[int(m.group(1))]])
     if name == "seam16":
         return Repair(blend=0.0), None
     if "=" in name:  # Repair fields, e.g. min_blend=16/blend=0.1
@@ -373,38 +366,23 @@ LEADS = [
 
 def behind_lead(lead: str) -> Callable[[Any, Any], Any]:
     """The skill compiled behind `lead` as the system text before it (`compile --system lead`)."""
-    from skillforge.compile import compile_skill
-    from skillforge.prompt import system_anchor
     from skillforge.runtime import Resolved
 
     def make(lm: Any, manifest: Any) -> Any:
-        return Resolved(*compile_skill(lm, manifest, anchor=system_anchor(lm.tokenizer, lead, manifest.render().text)), None)
+        anchor = compile_mod.lead_anchor(lm, manifest.render().text, lead)
+        return Resolved(*compile_mod.compile_skill(lm, manifest, anchor=anchor), None)
     return make
-
-
-def lead_kv(lm: Any, manifest: Any, lead: str, meta: Any) -> list:
-    """The skill's K/V compiled behind `lead`, keys rotated to the positions of `meta` (its
-    template-anchored compile), in float32."""
-    from skillforge.rope import rope_spec
-
-    rope = rope_spec(lm.model)
-    other = behind_lead(lead)(lm, manifest)
-    n = len(meta.token_ids)
-    src = torch.arange(other.meta.offset, other.meta.offset + n)
-    dst = torch.arange(meta.offset, meta.offset + n)
-    return [(rope.shift(layer, k.float(), *rope.angle_delta(layer, src, dst, wide=True)), v.float())
-            for layer, (k, v) in enumerate(other.kv)]
 
 
 def mean_behind_leads(lm: Any, manifest: Any) -> Any:
     """The skill compiled behind every lead text, keys rotated back to the template anchor's
     positions, K and V averaged: the expected KV over the leads, a guess at the state a skill is in
     after some text, whatever that text is. Its metadata is the template-anchored compile's."""
-    from skillforge.compile import compile_skill
     from skillforge.runtime import Resolved
 
-    meta, _ = compile_skill(lm, manifest)
-    kvs = [lead_kv(lm, manifest, lead, meta) for lead in LEADS]
+    meta, _ = compile_mod.compile_skill(lm, manifest)
+    spec = rope_spec(lm.model)
+    kvs = [compile_mod.kv_behind_lead(lm, spec, meta.text, meta.token_ids, meta.offset, lead) for lead in LEADS]
     return Resolved(meta, [(sum(kv[i][0] for kv in kvs) / len(kvs), sum(kv[i][1] for kv in kvs) / len(kvs))
                            for i in range(len(kvs[0]))], None)
 

@@ -74,26 +74,36 @@ def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | 
     return meta, layers
 
 
-def lead_anchor(lm: LoadedModel, text: str) -> list[int]:
-    """The tokens before skill `text` when SENSITIVITY_LEAD is the system text before it (a raw prompt's
-    layout on a model without a chat template)."""
-    return system_anchor(lm.tokenizer, SENSITIVITY_LEAD, text, raw=not has_chat_template(lm.tokenizer))
+def lead_anchor(lm: LoadedModel, text: str, lead: str = SENSITIVITY_LEAD) -> list[int]:
+    """The tokens before skill `text` when `lead` is the system text before it (a raw prompt's layout
+    on a model without a chat template)."""
+    return system_anchor(lm.tokenizer, lead, text, raw=not has_chat_template(lm.tokenizer))
 
 
 @torch.no_grad()
-def sensitivity(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], offset: int, kv: KV) -> list[float]:
-    """Per skill token: the relative distance of its keys and values (averaged over KV heads, summed
-    over layers) between `kv`, prefilled behind the anchor at `offset`, and a prefill behind
-    SENSITIVITY_LEAD, keys rotated to the same positions. Rounded to 4 decimals (metadata is JSON)."""
-    lead = lead_anchor(lm, text)
-    other = prefill(lm.model, lead + ids, start=len(lead))
-    src = torch.arange(len(lead), len(lead) + len(ids))
+def kv_behind_lead(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], offset: int,
+                   lead: str = SENSITIVITY_LEAD) -> KV:
+    """The skill's K/V prefilled behind `lead` (float32), keys rotated to the positions a compile behind
+    an anchor of `offset` tokens puts them at, so the two compare token by token."""
+    anchor = lead_anchor(lm, text, lead)
+    src = torch.arange(len(anchor), len(anchor) + len(ids))
     dst = torch.arange(offset, offset + len(ids))
-    score = torch.zeros(len(ids))
-    for layer, ((k, v), (k2, v2)) in enumerate(zip(kv, other)):
-        k, v = k.float(), v.float()
+    out = []
+    for layer, (k, v) in enumerate(prefill(lm.model, anchor + ids, start=len(anchor))):
         cos, sin = spec.angle_delta(layer, src, dst, wide=True)
-        k2 = spec.shift(layer, k2.float(), cos.to(k2.device), sin.to(k2.device))
+        out.append((spec.shift(layer, k.float(), cos.to(k.device), sin.to(k.device)), v.float()))
+    return out
+
+
+@torch.no_grad()
+def sensitivity(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], offset: int, kv: KV,
+                lead: str = SENSITIVITY_LEAD) -> list[float]:
+    """Per skill token: the relative distance of its keys and values (averaged over KV heads, summed
+    over layers) between `kv`, prefilled behind the anchor at `offset`, and a prefill behind `lead`
+    (kv_behind_lead). Rounded to 4 decimals (metadata is JSON)."""
+    score = torch.zeros(len(ids))
+    for (k, v), (k2, v2) in zip(kv, kv_behind_lead(lm, spec, text, ids, offset, lead)):
+        k, v = k.float(), v.float()
         score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
-        score += ((v - v2.float()).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
+        score += ((v - v2).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
     return [round(x, 4) for x in score.tolist()]
