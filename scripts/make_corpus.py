@@ -40,6 +40,8 @@ SEED = 16
 # Skills whose cases all go to the test part: one policy, one tool doc, one set of examples and one
 # data table, with three different openings, so "unseen skill" is not one kind of text.
 TEST_ONLY = ("library-loans", "cli-reference", "email-triage-examples", "timezone-table")
+# The same for the short skills' family of cases: one set of examples and one data table.
+SHORT_TEST_ONLY = ("polite-rewrites", "ferry-timetable")
 # Prompt text longer than this goes to prompt.md next to skill.toml instead of inline.
 INLINE_MAX_CHARS = 2000
 # A composition's skills plus system text stay under this many characters (about 5,500 tokens of the
@@ -1438,6 +1440,237 @@ The {{review_team}} team answers review requests within 2 working days. Fixes fo
     )
 
 
+# --------------------------------------------------------------------------------------------------
+# Short skills (about 80-220 tokens each): their own family of cases (see SHORT_SKILLS)
+
+
+def returns_policy() -> Skill:
+    return Skill(
+        name="returns-policy",
+        version="1.0.0",
+        description="Policy in one paragraph: what Fernhill Outdoor takes back, and what a return costs.",
+        kind="policy",
+        opening="prose",
+        text=(
+            "Customers of Fernhill Outdoor may return unused items within 30 days of delivery for a full refund "
+            "to the original payment method. Items worn outdoors, personalised items and anything sold as final "
+            "sale cannot be returned. Refunds are issued within 5 working days after the warehouse receives the "
+            "parcel. Return shipping is free for members of the Fernhill Club; everyone else pays a flat 6.50 EUR, "
+            "deducted from the refund. Exchanges for another size are free for everyone and do not restart the "
+            "30-day clock. Gift cards are never refunded in cash.\n"
+        ),
+        qa=(
+            ("I bought boots 40 days ago and never wore them. Can I return them?",
+             "No: returns are accepted within 30 days of delivery."),
+            ("How much does a return cost if I'm not a Club member?", "A flat 6.50 EUR, deducted from the refund."),
+            ("When will I get my money back after sending a return?",
+             "Within 5 working days after the warehouse receives the parcel."),
+            ("Can I return a water bottle with my name engraved on it?", "No, personalised items cannot be returned."),
+            ("Can I swap a jacket for a bigger size, and what does that cost?", "Yes, size exchanges are free."),
+            ("Can I get cash back for a gift card?", "No, gift cards are never refunded in cash."),
+        ),
+        thread=(),
+    )
+
+
+def room_booking() -> Skill:
+    return Skill(
+        name="room-booking",
+        version="1.0.0",
+        description="Policy as a list: booking meeting rooms at the office.",
+        kind="policy",
+        opening="list",
+        text=(
+            "- Meeting rooms on floors 2 and 3 are booked in the Rooms app; the boardroom on floor 4 only "
+            "through the office manager, Hanna Lind.\n"
+            "- A booking lasts at most 2 hours and starts at most 14 days ahead.\n"
+            "- If nobody checks in on the room's tablet within 10 minutes of the start, the booking is released.\n"
+            "- Weekly bookings need a team lead's approval and expire after 8 weeks.\n"
+            "- External visitors must be registered at reception the day before.\n"
+            "- Wipe the whiteboard and take your cups when you leave.\n"
+        ),
+        qa=(
+            ("How do I book the boardroom?", "Through the office manager, Hanna Lind."),
+            ("I'm 15 minutes late and didn't check in. Is the room still mine?",
+             "No, the booking was released after 10 minutes without a check-in."),
+            ("Can I book a room for a 3-hour workshop in one go?", "No, a booking lasts at most 2 hours."),
+            ("How far ahead can I book a room?", "Up to 14 days ahead."),
+            ("Do weekly bookings run forever?", "No: they need a team lead's approval and expire after 8 weeks."),
+            ("A client visits us tomorrow. What do I need to do today?", "Register them at reception."),
+        ),
+        thread=(),
+    )
+
+
+def shortlink_api() -> Skill:
+    return Skill(
+        name="shortlink-api",
+        version="1.0.0",
+        description="Tool doc: the short-link service's two calls, limits and errors.",
+        kind="tool-doc",
+        opening="code",
+        text=(
+            "```\nPOST /v1/links\n{\"url\": \"https://example.com/page\", \"expires_in_days\": 30}\n```\n"
+            "Creates a short link on lnk.fernhill.io and returns `{\"code\": \"a8Xk2\", \"short_url\": "
+            "\"https://lnk.fernhill.io/a8Xk2\"}`. `expires_in_days` is optional (default 90, at most 365). "
+            "Authenticate with the header `Authorization: Bearer <token>`. A token may send 60 requests a "
+            "minute; over that the API answers 429 with a `Retry-After` header. `DELETE /v1/links/{code}` "
+            "removes a link and returns 204; an unknown code returns 404.\n"
+        ),
+        qa=(
+            ("How long does a short link live if I don't say?", "90 days."),
+            ("How do I remove the link with code a8Xk2?", "DELETE /v1/links/a8Xk2, which returns 204."),
+            ("My script got a 429. What happened?",
+             "It sent more than 60 requests a minute; wait for the Retry-After header."),
+            ("Can a short link last two years?", "No, at most 365 days."),
+            ("Which header authenticates a request?", "Authorization: Bearer <token>."),
+        ),
+        thread=(),
+    )
+
+
+def release_notes_style() -> Skill:
+    return Skill(
+        name="release-notes-style",
+        version="1.0.0",
+        description="Style guide: how customer-facing release notes are written.",
+        kind="style-guide",
+        opening="heading",
+        text=(
+            "# Release notes\n\n"
+            "Write release notes for customers, not engineers. Start every entry with a verb in the past "
+            "tense (\"Added\", \"Fixed\", \"Removed\") and keep it to one sentence. Group entries under New, "
+            "Improved and Fixed, in that order, and leave out empty groups. Name features as the app shows "
+            "them, never by ticket number or code name. Breaking changes come first, in bold, with what the "
+            "customer must do. Write dates as 3 March 2026.\n"
+        ),
+        qa=(
+            ("How should the date of a release be written?", "Like 3 March 2026."),
+            ("Is 'Fixed PAY-812' a good entry?", "No, name the feature as the app shows it, not the ticket."),
+            ("In what order do the groups go?", "New, Improved, Fixed; empty groups are left out."),
+            ("Turn 'we made CSV exports quicker' into an entry.", "Under Improved: \"Made CSV exports faster.\""),
+            ("Where does a breaking change go?", "First, in bold, saying what the customer must do."),
+        ),
+        thread=(),
+    )
+
+
+def polite_rewrites() -> Skill:
+    return Skill(
+        name="polite-rewrites",
+        version="1.0.0",
+        description="Examples: blunt messages rewritten politely, keeping every fact.",
+        kind="examples",
+        opening="prose",
+        text=(
+            "Rewrite blunt messages into polite ones that keep every fact and add none. Examples:\n\n"
+            "Blunt: Invoice 1042 is late. Pay now.\n"
+            "Polite: A quick reminder that invoice 1042 is past due; could you arrange payment this week?\n\n"
+            "Blunt: No, we can't do that.\n"
+            "Polite: I'm sorry, that isn't something we can offer.\n\n"
+            "Blunt: Send the file.\n"
+            "Polite: Could you send me the file when you have a moment?\n"
+        ),
+        qa=(
+            ("Rewrite: You forgot the attachment.", "I think the attachment didn't come through; could you resend it?"),
+            ("Rewrite: The meeting moved to 3pm. Be there.",
+             "Just a heads-up that the meeting has moved to 3 pm; I hope you can make it."),
+            ("Rewrite: We're closed on Monday.", "Please note that we are closed on Monday."),
+            ("Rewrite: Stop emailing support twice.",
+             "To help us answer faster, could you send each request to support just once?"),
+            ("Rewrite: Your password is wrong.", "It looks like that password didn't match; could you try again?"),
+        ),
+        thread=(),
+    )
+
+
+def ferry_timetable() -> Skill:
+    return Skill(
+        name="ferry-timetable",
+        version="1.0.0",
+        description="Data table: ferry routes, first and last departures, frequency and crossing time.",
+        kind="data-table",
+        opening="table",
+        text=(
+            "| Route | First departure | Last departure | Every | Crossing |\n"
+            "|---|---|---|---|---|\n"
+            "| Harbor - Isle Maren | 06:10 | 22:40 | 30 min | 25 min |\n"
+            "| Harbor - Kestrel Point | 07:00 | 20:00 | 60 min | 40 min |\n"
+            "| Isle Maren - Kestrel Point | 08:15 | 18:15 | 120 min | 35 min |\n\n"
+            "On Sundays every first departure is one hour later. Bicycles travel free; cars go only on the "
+            "Harbor - Kestrel Point route.\n"
+        ),
+        qa=(
+            ("When is the last ferry from Harbor to Isle Maren?", "22:40."),
+            ("How long is the crossing from Harbor to Kestrel Point?", "40 minutes."),
+            ("Can I take my car to Isle Maren?", "No, cars go only on Harbor - Kestrel Point."),
+            ("When is the first Sunday ferry from Harbor to Isle Maren?", "07:10."),
+            ("How often does the Isle Maren - Kestrel Point ferry run?", "Every 120 minutes."),
+        ),
+        thread=(),
+    )
+
+
+def oncall_handover() -> Skill:
+    return Skill(
+        name="oncall-handover",
+        version="1.0.0",
+        description="Checklist: what the on-call engineer does before handing over the pager.",
+        kind="checklist",
+        opening="heading",
+        text=(
+            "# On-call handover\n\n"
+            "Before your shift ends at 09:00:\n"
+            "1. Write every open incident into the handover doc with its status and next step.\n"
+            "2. Silence no alert for longer than 4 hours, and list every silence you set.\n"
+            "3. Hand over the pager in #oncall and wait until the next engineer replies \"ack\".\n"
+            "4. If nobody acks within 15 minutes, call the secondary on-call.\n"
+            "5. Log your hours in the rota sheet by Friday.\n"
+        ),
+        qa=(
+            ("When does an on-call shift end?", "At 09:00."),
+            ("The next engineer hasn't acked after 20 minutes. What now?", "Call the secondary on-call."),
+            ("How long may I silence a noisy alert?", "At most 4 hours, and list the silence in the handover."),
+            ("Where do I hand over the pager?", "In #oncall."),
+            ("By when must I log my on-call hours?", "By Friday, in the rota sheet."),
+        ),
+        thread=(),
+    )
+
+
+def unit_conversions() -> Skill:
+    return Skill(
+        name="unit-conversions",
+        version="1.0.0",
+        description="Examples: quantities converted to metric in one fixed answer format.",
+        kind="examples",
+        opening="list",
+        text=(
+            "- 5 miles -> 8.0 km\n"
+            "- 12 ounces -> 340 g\n"
+            "- 70 degrees Fahrenheit -> 21.1 C\n"
+            "- 3 gallons (US) -> 11.4 L\n\n"
+            "Convert every quantity the user gives to metric in exactly this format: the quantity as given, "
+            "an arrow, then the metric value rounded to one decimal (whole grams and millilitres) with its "
+            "unit symbol. Several quantities go on separate lines. Add no other words.\n"
+        ),
+        qa=(
+            ("10 miles", "10 miles -> 16.1 km"),
+            ("How much is 2 pounds in metric?", "2 pounds -> 907 g"),
+            ("Convert 100 degrees Fahrenheit.", "100 degrees Fahrenheit -> 37.8 C"),
+            ("8 fluid ounces and 6 feet", "8 fluid ounces -> 237 mL\n6 feet -> 1.8 m"),
+            ("What is half a gallon (US)?", "0.5 gallons (US) -> 1.9 L"),
+        ),
+        thread=(),
+    )
+
+
+SHORT_SKILLS = (
+    returns_policy, room_booking, shortlink_api, release_notes_style, polite_rewrites, ferry_timetable,
+    oncall_handover, unit_conversions,
+)
+
+
 SKILLS = (
     haiku_style, commit_messages, brand_voice, leave_policy, clinic_triage, library_loans, grading_rubric,
     employee_handbook, weather_api, payments_api, cli_reference, sentiment_examples, sql_to_english,
@@ -1505,11 +1738,15 @@ class _Deck(Generic[T]):
 
 
 class _Builder:
-    """Assembles the cases of every kind from the skills' questions and the system texts."""
+    """Assembles the cases of every kind from the skills' questions and the system texts.
 
-    def __init__(self, skills: dict[str, Skill]):
-        self.skills = skills
-        self.rng = random.Random(f"{SEED}:cases")
+    A family of cases (the main one; the short skills') has its own skills, held-out skills, seeded
+    generator and a prefix on its case ids and kinds, so adding a family leaves the others as they were."""
+
+    def __init__(self, skills: dict[str, Skill], family: str = "cases", test_only: tuple[str, ...] = TEST_ONLY,
+                 prefix: str = ""):
+        self.skills, self.test_only, self.prefix = skills, test_only, prefix
+        self.rng = random.Random(f"{SEED}:{family}")
         self.questions = {name: _Deck(list(s.qa), self.rng) for name, s in skills.items()}
         self.systems = {cls: _Deck(list(texts), self.rng) for cls, texts in SYSTEMS.items()}
         self.used_sets: set[frozenset[str]] = set()
@@ -1524,14 +1761,14 @@ class _Builder:
     def pick_skills(self, k: int, reserve: int, test_only: bool) -> list[str]:
         """k distinct skills in a random order, drawn towards the least used so far.
 
-        With `test_only`, exactly one of them is a TEST_ONLY skill, otherwise none: the callers ask for
+        With `test_only`, exactly one of them is a held-out (TEST_ONLY) skill, otherwise none: the callers ask for
         one such set in four, so that about a quarter of these cases are held out for test by skill.
         At most one long skill (each long one in one set per kind of case), at most COMPOSE_MAX_TOKENS
         with `reserve` tokens (system text, history) on top, and never the same set twice.
         """
-        shared = [n for n in sorted(self.skills) if n not in TEST_ONLY]
+        shared = [n for n in sorted(self.skills) if n not in self.test_only]
         while True:
-            chosen = [self._draw(list(TEST_ONLY))] if test_only else []
+            chosen = [self._draw(list(self.test_only))] if test_only else []
             while len(chosen) < k:
                 chosen.append(self._draw([n for n in shared if n not in chosen]))
             self.rng.shuffle(chosen)
@@ -1553,12 +1790,12 @@ class _Builder:
         for name, skill in self.skills.items():
             for i in (1, 2):
                 q = self.questions[name].draw()
-                cases.append(Case(f"lone-empty-{name}-{i}", [name], q[0],
-                                  f"kind=lone-empty system=none focus={name} focus_kind={skill.kind}"))
+                cases.append(Case(f"{self.prefix}lone-empty-{name}-{i}", [name], q[0],
+                                  f"kind={self.prefix}lone-empty system=none focus={name} focus_kind={skill.kind}"))
             for i in (1, 2):
                 cls, q = classes.draw(), self.questions[name].draw()
-                cases.append(Case(f"lone-system-{name}-{i}", [name], q[0],
-                                  f"kind=lone-system system={cls} focus={name} focus_kind={skill.kind}",
+                cases.append(Case(f"{self.prefix}lone-system-{name}-{i}", [name], q[0],
+                                  f"kind={self.prefix}lone-system system={cls} focus={name} focus_kind={skill.kind}",
                                   system=self.system(cls)))
         return cases
 
@@ -1582,9 +1819,9 @@ class _Builder:
                 focus = skills[pos]
                 q = self.questions[focus].draw()
                 cases.append(Case(
-                    f"compose-{k}-{combo:02d}{tag}", skills, q[0],
-                    f"kind=compose-{k} system={cls} focus={focus} focus_kind={self.skills[focus].kind} "
-                    f"focus_pos={pos + 1} combo=c{k}-{combo:02d}",
+                    f"{self.prefix}compose-{k}-{combo:02d}{tag}", skills, q[0],
+                    f"kind={self.prefix}compose-{k} system={cls} focus={focus} focus_kind={self.skills[focus].kind} "
+                    f"focus_pos={pos + 1} combo={self.prefix}c{k}-{combo:02d}",
                     system=system))
         return cases
 
@@ -1634,12 +1871,21 @@ def build_cases(skills: dict[str, Skill]) -> tuple[list[Case], list[Case]]:
     return single, multi
 
 
-def assign_splits(cases: list[Case]) -> dict[str, str]:
+def build_short_cases(skills: dict[str, Skill]) -> list[Case]:
+    """The short skills' family: each alone (with and without a system text) and in compositions of
+    two and three. Skills of 100-200 tokens leave a splice little unseen text to size a repair by (two
+    of them composed give the second a budget under the probe's floor), which the main family's
+    compositions of 300-600-token skills never reach."""
+    b = _Builder(skills, family="short", test_only=SHORT_TEST_ONLY, prefix="short-")
+    return b.lone() + b.compositions(2, 10) + b.compositions(3, 6)
+
+
+def assign_splits(cases: list[Case], test_only: tuple[str, ...] = TEST_ONLY) -> dict[str, str]:
     """Case id -> "dev" or "test", by the split rule in the module docstring."""
     parts: dict[str, str] = {}
     for kind in sorted({kind_of(c) for c in cases}):
         group = [c for c in cases if kind_of(c) == kind]
-        free = sorted((c for c in group if not any(s in TEST_ONLY for s in c.skills)),
+        free = sorted((c for c in group if not any(s in test_only for s in c.skills)),
                       key=lambda c: hashlib.sha256(f"{SEED}:{c.id}".encode()).hexdigest())
         dev = {c.id for c in free[: len(group) // 2]}
         parts.update({c.id: "dev" if c.id in dev else "test" for c in group})
@@ -1681,24 +1927,38 @@ def manifest_files(skill: Skill) -> dict[str, str]:
 def generate() -> dict[str, str]:
     """Every file of the corpus, keyed by its path relative to evals/corpus/."""
     skills = {s.name: s for s in (build() for build in SKILLS)}
-    missing = [n for n in TEST_ONLY if n not in skills]
+    short = {s.name: s for s in (build() for build in SHORT_SKILLS)}
+    missing = [n for n in TEST_ONLY if n not in skills] + [n for n in SHORT_TEST_ONLY if n not in short]
     if missing:
-        raise ValueError(f"TEST_ONLY names unknown skills: {', '.join(missing)}")
+        raise ValueError(f"TEST_ONLY or SHORT_TEST_ONLY names unknown skills: {', '.join(missing)}")
     single, multi = build_cases(skills)
     split = assign_splits(single + multi)
     check_split(single, multi, split)
+    short_cases = build_short_cases(short)
+    split |= assign_splits(short_cases, SHORT_TEST_ONLY)
+    check_split(short_cases, [], split, SHORT_TEST_ONLY)
+    cases = single + multi + short_cases
     files: dict[str, str] = {}
-    for skill in skills.values():
+    for skill in [*skills.values(), *short.values()]:
         for rel, text in manifest_files(skill).items():
             files[f"skills/{skill.name}/{rel}"] = text
-    for part in ("dev", "test"):
-        files[f"{part}.jsonl"] = "".join(c.to_json() + "\n" for c in single if split[c.id] == part)
-        files[f"{part}-multiturn.jsonl"] = "".join(c.to_json() + "\n" for c in multi if split[c.id] == part)
-    files["index.json"] = json.dumps(index(skills, single + multi, split), indent=2, ensure_ascii=False) + "\n"
+    for part in sorted({part_of(c, split) for c in cases}):
+        files[f"{part}.jsonl"] = "".join(c.to_json() + "\n" for c in cases if part_of(c, split) == part)
+    held_out = (*TEST_ONLY, *SHORT_TEST_ONLY)
+    files["index.json"] = json.dumps(index({**skills, **short}, cases, split, held_out), indent=2,
+                                     ensure_ascii=False) + "\n"
     return files
 
 
-def check_split(single: list[Case], multi: list[Case], split: dict[str, str]) -> None:
+def part_of(case: Case, split: dict[str, str]) -> str:
+    """The file a case goes to: dev or test, then -multiturn (histories, which the plain case loader
+    does not read) or -short (the short skills' family, so the main files stay as they were)."""
+    suffix = "-short" if case.id.startswith("short-") else "-multiturn" if case.history else ""
+    return split[case.id] + suffix
+
+
+def check_split(single: list[Case], multi: list[Case], split: dict[str, str],
+                test_only: tuple[str, ...] = TEST_ONLY) -> None:
     """Refuse a split that cannot do its job (a fixed seed makes this a one-time check, kept honest)."""
     ids = [c.id for c in single + multi]
     if len(ids) != len(set(ids)):
@@ -1710,20 +1970,20 @@ def check_split(single: list[Case], multi: list[Case], split: dict[str, str]) ->
             if parts != {"dev", "test"}:
                 problems.append(f"kind {kind} appears only in {', '.join(sorted(parts))}")
     used = {part: {s for c in single + multi if split[c.id] == part for s in c.skills} for part in ("dev", "test")}
-    shared = sorted(set(n for c in single for n in c.skills) - set(TEST_ONLY))
-    problems += [f"test-only skill {n} appears in dev" for n in TEST_ONLY if n in used["dev"]]
-    problems += [f"test-only skill {n} is never tested" for n in TEST_ONLY if n not in used["test"]]
+    shared = sorted(set(n for c in single for n in c.skills) - set(test_only))
+    problems += [f"test-only skill {n} appears in dev" for n in test_only if n in used["dev"]]
+    problems += [f"test-only skill {n} is never tested" for n in test_only if n not in used["test"]]
     problems += [f"skill {n} is missing from {part}" for n in shared for part in ("dev", "test") if n not in used[part]]
     if problems:
         raise ValueError("the split does not hold: " + "; ".join(problems))
 
 
-def index(skills: dict[str, Skill], cases: list[Case], split: dict[str, str]) -> dict:
+def index(skills: dict[str, Skill], cases: list[Case], split: dict[str, str], held_out: tuple[str, ...]) -> dict:
     """What per-kind reports need without re-deriving it: each skill's kind, opening and size, and the
     cases and estimated prompt tokens of every part."""
     parts: dict[str, dict] = {}
     for case in cases:
-        part = split[case.id] + ("-multiturn" if case.history else "")
+        part = part_of(case, split)
         entry = parts.setdefault(part, {"cases": 0, "approx_prompt_tokens": 0, "kinds": {}})
         entry["cases"] += 1
         entry["approx_prompt_tokens"] += case_tokens(case, skills)
@@ -1731,10 +1991,11 @@ def index(skills: dict[str, Skill], cases: list[Case], split: dict[str, str]) ->
     return {
         "seed": SEED,
         "test_only": list(TEST_ONLY),
+        "short_test_only": list(SHORT_TEST_ONLY),
         "skills": [
             {"name": s.name, "version": s.version, "kind": s.kind, "opening": s.opening,
              "chars": len(s.text), "approx_tokens": approx_tokens(s.text), "fields": [f.name for f in s.fields],
-             "split": "test-only" if s.name in TEST_ONLY else "dev+test"}
+             "split": "test-only" if s.name in held_out else "dev+test"}
             for s in skills.values()
         ],
         "parts": {name: parts[name] for name in sorted(parts)},

@@ -121,3 +121,23 @@ def test_compositions_come_in_different_orders_with_and_without_system_text():
         assert any(systems) and not all(systems), kind
     lone = [row["system"] for row in rows if _kind(row) == "lone-system"]
     assert min(len(s) for s in lone) < 40 and any(s.count("\n\n") >= 2 for s in lone)
+
+
+def test_short_family_composes_short_skills_and_holds_out_its_own():
+    """dev-short / test-short: skills of about 100-200 tokens alone and composed by two and three, split
+    like the main family with two short skills held out for test, and never mixed into the main files."""
+    index = json.loads((CORPUS / "index.json").read_text(encoding="utf-8"))
+    sizes = {s["name"]: s["approx_tokens"] for s in index["skills"]}
+    rows = {part: [json.loads(line) for line in (CORPUS / f"{part}-short.jsonl").read_text(encoding="utf-8").splitlines()]
+            for part in ("dev", "test")}
+    short = {s for part in rows.values() for row in part for s in row["skills"]}
+    assert len(short) >= 8 and all(60 <= sizes[s] <= 250 for s in short)
+    assert not short & {s for part in ("dev", "test") for row in _rows(part) for s in row["skills"]}
+    kinds = {"short-lone-empty", "short-lone-system", "short-compose-2", "short-compose-3"}
+    for part_rows in rows.values():
+        assert {_kind(row) for row in part_rows} == kinds
+        assert all(row["id"].startswith("short-") for row in part_rows)
+    used = {part: {s for row in part_rows for s in row["skills"]} for part, part_rows in rows.items()}
+    assert used["test"] - used["dev"] == set(index["short_test_only"]) and len(index["short_test_only"]) >= 2
+    for part in ("dev", "test"):
+        assert len(_load_cases(CORPUS / f"{part}-short.jsonl")) == len(rows[part])
