@@ -32,8 +32,9 @@ the default:
   meanlead    the same with the mean of the K/V compiled behind every lead (keys rotated to one place)
   sens        where the budget is under min_blend, seam 16 then the tokens whose K/V move most between the
               bare anchor and the leads (compile-time sensitivity) instead of a longer seam; sensN: from
-              LEADS[N] alone (`sens3` is what compile records); sensattn: every budget by sensitivity times
-              the user turn's attention from the attention pass, no probe
+              LEADS[N] alone (`sens3` is what compile records); sensattn: every budget by the recorded
+              sensitivity times the user turn's attention from the attention pass, no probe
+  bothsens    the default's split, its attention half weighted by the recorded sensitivity
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
 tokens); --sample N draws N cases stratified by kind with --seed. The subset is printed with the results, by case id.
 """
@@ -213,15 +214,29 @@ def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: 
 
 def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None) -> torch.Tensor:
     """[artifact tokens]: compile.sensitivity (how much each token's K/V changes when the skill is
-    prefilled behind a lead text instead of its bare anchor) averaged over the lead texts."""
+    prefilled behind a lead text instead of its bare anchor) averaged over `leads`; without leads,
+    what compile recorded in the artifact."""
     meta = resolved.meta
+    if leads is None:
+        return torch.tensor(meta.sensitivity)
     key = (meta.skill, meta.version)
     if key not in memo:
         spec = rope_spec(lm.model)
-        leads = leads or LEADS
         memo[key] = sum(torch.tensor(compile_mod.sensitivity(lm, spec, meta.text, meta.token_ids, meta.offset, resolved.kv, lead))
                         for lead in leads) / len(leads)
     return memo[key]
+
+
+def _sensitive_scores(lm: Any, prompt: Any, resolved: list, reuse: list, chosen: set[int], memo: dict,
+                      leads: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions, sensitivity) of the reused tokens not in `chosen` of every skill that missed text."""
+    score: dict[int, float] = {}
+    for i, blocks in reuse:
+        if repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) == 0:
+            continue
+        sens = sensitivity(lm, resolved[i], memo, leads)
+        score.update((c + k, float(sens[a + k])) for a, c, n in blocks for k in range(n) if c + k not in chosen)
+    return torch.tensor(list(score), dtype=torch.long), torch.tensor(list(score.values()))
 
 
 def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None) -> Selector:
@@ -235,22 +250,30 @@ def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None
         if not spans or (budget >= repair.min_blend and not with_attention):
             return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
         chosen = {p for positions in spans for p in positions[: repair.seam]}
-        score: dict[int, float] = {}
-        for i, blocks in reuse:
-            if repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) == 0:
-                continue
-            sens = sensitivity(lm, resolved[i], memo, leads)
-            for a, c, n in blocks:
-                for k in range(n):
-                    if c + k not in chosen:
-                        score[c + k] = float(sens[a + k])
-        if not score or budget <= 0:
+        idx, val = _sensitive_scores(lm, prompt, resolved, reuse, chosen, memo, leads)
+        if not idx.numel() or budget <= 0:
             return chosen
-        idx = torch.tensor(list(score))
-        val = torch.tensor(list(score.values()))
         if with_attention and budget >= repair.min_blend:
             val = val * repair_mod._user_attention(compute, prompt, reuse, chosen)[idx]
         chosen.update(idx[val.topk(min(budget, idx.numel())).indices].tolist())
+        return chosen
+    return select
+
+
+def probe_and_sensitive_attention(lm: Any) -> Selector:
+    """`bothsens`: the default's split, but its second half by the user turn's attention times the
+    recorded sensitivity (the probe's half measured deviation; this half predicts it)."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
+        if not spans or budget < repair.min_blend:
+            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+        chosen = {p for positions in spans for p in positions[: repair.seam]}
+        candidates = [p for positions in spans for p in positions[repair.seam :]]
+        budget = min(budget, len(candidates))
+        chosen.update(repair_mod._deviating(model, repair.probe_layer, prompt, candidates, cache, budget // 2))
+        idx, val = _sensitive_scores(lm, prompt, resolved, reuse, chosen, {}, None)
+        val = val * repair_mod._user_attention(compute, prompt, reuse, chosen)[idx]
+        chosen.update(idx[val.topk(min(budget - budget // 2, idx.numel())).indices].tolist())
         return chosen
     return select
 
@@ -292,8 +315,12 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), half_sensitive()
     if name == "seammax":
         return Repair(), seam_within_budget()
-    if name in ("sens", "sensattn"):
-        return Repair(), by_sensitivity(LM[0], with_attention=name == "sensattn")
+    if name == "sens":
+        return Repair(), by_sensitivity(LM[0], with_attention=False, leads=LEADS)
+    if name == "sensattn":
+        return Repair(), by_sensitivity(LM[0], with_attention=True)
+    if name == "bothsens":
+        return Repair(), probe_and_sensitive_attention(LM[0])
     m = re.fullmatch(r"sens(\d)", name)
     if m:  # the sensitivity from one lead only
         return Repair(), by_sensitivity(LM[0], with_attention=False, leads=[LEADS[int(m.group(1))]])
