@@ -9,7 +9,8 @@ references are computed once). A variant is a selector that replaces the runtime
 the default:
   default     today's Repair() (whatever repair.py's default is)
   seam16      the first 16 tokens of every skill that follows unseen text, nothing more
-  both        Repair(select="both"): the default's seam and budget, half by the probe, half by the attention choice
+  both        Repair(select="both"), the default before select="sensitive": a budget under min_blend by
+              sensitivity alone, a larger one half by the probe, half by the attention choice
   probeattn   half the budget by the probe's score, half by the user turn's true attention at the probe layer
   shallowattn  the same, the attention averaged over layers 1..probe layer (both without the extra pass)
   perskill    the default, but each skill gets its own blend budget (blend of its tokens, one per token it missed)
@@ -25,6 +26,7 @@ the default:
   probeN      the default repair with its probe at layer index N (where deviation and attention are read)
   k=v/k=v     the default repair with these Repair fields changed, e.g. min_blend=16/blend=0.1, or
               select=attention (blend by the user turn's attention in the spliced cache, no probe)
+  NAME+k=v    variant NAME with these Repair fields changed, e.g. sensattn+select=attention/min_blend=16
   system      (lone-system cases only) each skill compiled behind the case's own system text
               (`compile --system`), spliced with the default repair: how often that makes a splice exact
   leadN       every skill that does not open the system turn compiled behind LEADS[N], a generic system
@@ -102,7 +104,7 @@ def blend_variant(pick: Callable[..., None]) -> Selector:
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if budget < repair.min_blend:
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+            return repair_mod.select_repair(model, replace(repair, select="both"), prompt, resolved, reuse, cache, compute)
         chosen = {p for positions in spans for p in positions[: repair.seam]}
         candidates = [p for positions in spans for p in positions[repair.seam :]]
         pick(model, repair, prompt, resolved, reuse, cache, chosen, candidates, min(budget, len(candidates)))
@@ -175,7 +177,7 @@ def seam_within_budget() -> Selector:
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if not spans or budget >= repair.min_blend:
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+            return repair_mod.select_repair(model, replace(repair, select="both"), prompt, resolved, reuse, cache, compute)
         seam = max(repair.seam, budget // len(spans))
         return {p for positions in spans for p in positions[:seam]}
     return select
@@ -248,7 +250,7 @@ def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if not spans or (budget >= repair.min_blend and not with_attention):
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+            return repair_mod.select_repair(model, replace(repair, select="both"), prompt, resolved, reuse, cache, compute)
         chosen = {p for positions in spans for p in positions[: repair.seam]}
         idx, val = _sensitive_scores(lm, prompt, resolved, reuse, chosen, memo, leads)
         if not idx.numel() or budget <= 0:
@@ -266,7 +268,7 @@ def probe_and_sensitive_attention(lm: Any) -> Selector:
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
         if not spans or budget < repair.min_blend:
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
+            return repair_mod.select_repair(model, replace(repair, select="both"), prompt, resolved, reuse, cache, compute)
         chosen = {p for positions in spans for p in positions[: repair.seam]}
         candidates = [p for positions in spans for p in positions[repair.seam :]]
         budget = min(budget, len(candidates))
@@ -283,10 +285,12 @@ def half_sensitive() -> Selector:
     half to the most sensitive tokens: the tokens right after a long unseen text, and the section ends."""
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
         spans, budget = repair_mod.missed_spans(repair, prompt, resolved, reuse)
+        both = replace(repair, select="both")
         if not spans or budget >= repair.min_blend:
-            return repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, compute)
-        longer = replace(repair, seam=repair.seam + budget // 2 // len(spans))
-        return repair_mod._seams_and_sensitive(longer, resolved, reuse, spans, budget - budget // 2)
+            return repair_mod.select_repair(model, both, prompt, resolved, reuse, cache, compute)
+        half = replace(both, seam=repair.seam + budget // 2 // len(spans), blend=repair.blend / 2,
+                       blend_per_unseen=repair.blend_per_unseen / 2)
+        return repair_mod.select_repair(model, half, prompt, resolved, reuse, cache, compute)
     return select
 
 
@@ -301,6 +305,11 @@ def without_sensitivity() -> Selector:
 
 
 def variant(name: str) -> tuple[Repair, Selector | None]:
+    if "+" in name:  # a selector with Repair fields changed, e.g. sensattn+select=attention/min_blend=16
+        name, fields = name.split("+", 1)
+        (repair, select), (changed, _) = variant(name), variant(fields)
+        diff = {k: getattr(changed, k) for k in repair.__dataclass_fields__ if getattr(changed, k) != getattr(Repair(), k)}
+        return replace(repair, **diff), select
     if name == "default":
         return Repair(), None
     if name == "both":

@@ -387,13 +387,14 @@ def test_auto_ceiling_buys_blend_only_where_skills_missed_text(tok):
 
 
 def test_budget_under_min_blend_buys_the_most_sensitive_tokens(tok):
-    """A blend budget too small to pay for the probe's forward: each skill that missed text gets its
-    seam, and the budget goes to the tokens of either skill whose K/V moved most behind another text
-    at compile time (their artifacts' sensitivity), and nothing else."""
+    """A blend budget too small to pay for the probe's forward (`select="both"`; the default where the
+    attention pass would cost more than a prefill): each skill that missed text gets its seam, and the
+    budget goes to the tokens of either skill whose K/V moved most behind another text at compile time
+    (their artifacts' sensitivity), and nothing else."""
     lm = lm_for("llama", tok)
     a, b = skill(lm, "a"), skill(lm, "b")
     rt = Runtime(lm)
-    repair = Repair()
+    repair = Repair(select="both")
     result = rt.splice(Context(skills=["a", "b"], system=SYSTEM, user=QUESTION), skills=[a, b], repair=repair)
     prompt = result.prompt
     spans = [prompt.tokens_within(*span) for span in prompt.skill_spans]
@@ -407,6 +408,34 @@ def test_budget_under_min_blend_buys_the_most_sensitive_tokens(tok):
     rest = sorted(set(sensitivity) - seams, key=sensitivity.__getitem__, reverse=True)
     assert {p for positions in spans for p in positions if p in computed} == seams | set(rest[:budget])
     assert result.repaired == 2 * repair.seam + budget
+
+
+def test_sensitive_choice_weights_sensitivity_by_the_user_turns_attention(tok):
+    """The default ranking (`select="sensitive"`), where the attention pass fits under a prefill's
+    cost: each candidate's compile-time sensitivity times the attention the user turn pays it in the
+    spliced cache; no probe forward."""
+    from skillforge.runtime.repair import _user_attention
+
+    lm = lm_for("llama", tok)
+    a, b = skill(lm, "a"), skill(lm, "b")
+    context = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
+    stale = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
+    computed = set(stale.computed_positions.tolist())
+    reused = [p for p in range(len(stale.prompt.ids)) if p not in computed]
+    repair = Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_attend=1, prefill_fallback=False)
+    result = Runtime(lm).splice(context, skills=[a, b], repair=repair)
+    budget = round(0.2 * result.skill_tokens)
+    ids = torch.tensor(stale.prompt.ids)
+    read = _user_attention(lambda positions, observe: Runtime(lm).core.compute(stale.cache, ids, positions, observe),
+                           stale.prompt, [(0, [(0, p, 1) for p in reused])], set())
+    spans = [stale.prompt.tokens_within(*span) for span in stale.prompt.skill_spans]
+    sensitivity = {p: r.meta.sensitivity[t] for positions, r in zip(spans, [a, b]) for t, p in enumerate(positions)}
+    score = {p: sensitivity[p] * float(read[p]) for p in reused}
+    repaired = set(result.computed_positions.tolist()) & set(reused)
+    assert result.repaired == len(repaired) == budget
+    assert repaired == set(sorted(score, key=score.__getitem__, reverse=True)[:budget])
+    by_attention = set(sorted(reused, key=lambda p: float(read[p]), reverse=True)[:budget])
+    assert repaired != by_attention  # the sensitivity changed the choice
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma3"])

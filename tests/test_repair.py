@@ -74,19 +74,24 @@ def test_blend_stays_inside_its_budget_and_the_skills_that_missed(rt: Runtime, r
 
 
 def test_a_repair_dearer_than_a_prefill_prefills_instead(rt: Runtime):
-    # a long history after two skills is computed anyway; the blend's probe and attention pass on top
-    # would cost more than a full prefill (repair_cost), so the splice computes every token: exact
+    # a long history after two skills is computed anyway; the probe and attention pass on top would cost
+    # more than a full prefill (repair.plan), so the splice computes every token: exact
     ctx = Context(skills=["json-contract", "pirate-voice"],
                   user=" ".join(["The customer wrote again about the same order and asked for news."] * 60))
-    result = rt.splice(ctx)
+    result = rt.splice(ctx, repair=Repair(select="both"))
     assert result.reused == 0 and result.computed == len(result.prompt.ids)
     assert result.repaired == result.skill_tokens  # every skill token was covered, and computed anyway
     full = run(rt.lm.model, torch.tensor([result.prompt.ids]))
     torch.testing.assert_close(rt.next_logits(result), full, atol=1e-4, rtol=0)
-    forced = rt.splice(ctx, repair=Repair(prefill_fallback=False))  # the repair it avoided: the blend ran
+    forced = rt.splice(ctx, repair=Repair(select="both", prefill_fallback=False))  # the repair it avoided
     assert forced.reused > 0 and forced.repaired > Repair().min_blend
-    short = rt.splice(Context(skills=["json-contract", "pirate-voice"], user="Ahoy?"))
-    assert short.reused > 0 and short.repaired > Repair().min_blend  # a short turn: the splice is cheaper
+    # the default drops the attention pass there instead (sensitivity alone costs no pass): still a splice
+    default = rt.splice(ctx)
+    alone = rt.splice(ctx, repair=Repair(min_attend=10**9))
+    assert default.reused > 0 and torch.equal(default.computed_positions, alone.computed_positions)
+    # a short turn: the attention pass fits under a prefill's cost, and ranks the budget
+    short = Context(skills=["json-contract", "pirate-voice"], user="Ahoy?")
+    assert rt.splice(short).reused > 0 and rt.splice(short, repair=Repair(select="both")).reused > 0
 
 
 def test_a_short_unseen_text_buys_the_most_sensitive_tokens_not_a_longer_seam(rt: Runtime):

@@ -6,7 +6,7 @@ others, two repairs combine:
   seam K   recompute the first K tokens of each skill (EPIC's LegoLink, the paper's seam repair):
            they carry the most prefix-dependent state and act as false attention sinks.
   blend R  CacheBlend-style selective recompute, with attention in the choice. Two rankings, each
-           given half the budget (`both`, the default):
+           given half the budget (`both`, the default before `sensitive`, below):
            `deviation`: of the reused tokens, those whose keys deviate most from a true prefill at a
            probe layer a quarter of the way down, weighted by the attention the user turn pays them
            there. It costs a forward of those layers over the whole prompt. Deviation alone (plain
@@ -24,20 +24,24 @@ others, two repairs combine:
            as much as the splice's own (a 1,242-token composition on the demo model: 3.2 s against
            2.2 s with the probe alone). `Repair(select=...)` picks one alone.
 The default (`auto`; `auto:R` sets R, else 0.15) sizes blend by what the skills missed: at most R of
-the context's skill tokens and at most one token per unseen token before the skill. A budget under
-`min_blend` tokens is too small to pay for the probe's forward; it buys, after the seams, the skill
-tokens whose K/V moved most when the skill was prefilled behind a generic system text at compile
-time (the artifact's `sensitivity`, compile.py): ends of code blocks, paragraph breaks and sentence
-ends, which gather their section like attention sinks, spread over the whole skill. On 17 dev
-lone-system contexts, against seams longer by the budget (the earlier default, and what an artifact
-compiled before sensitivity was recorded still gets), at the same tokens recomputed:
-qwen2.5-coder-0.5b KL 0.0318 -> 0.0148 (max 0.222 -> 0.048), the demo model 0.0066 -> 0.0037. (Longer
-seams had beaten the 16-token seam alone, 0.028 -> 0.012 on 7 of those, and the attention choice,
-0.024.) A 40-token system text before a long skill then costs 16 seam and 40 sensitive tokens; a
-skill spliced after a 1,000-token skill gets up to R of the skill tokens recomputed.
-Where the seams, the budget, the probe and the attention pass would together cost more token-forwards
-than a full prefill (`repair_cost`: most of the prompt is computed anyway, e.g. a long history after
-the skills), the splice prefills instead (`prefill_fallback`): exact, and no slower.
+the context's skill tokens and at most one token per unseen token before the skill, and ranks it
+(`select="sensitive"`) by each token's compile-time sensitivity (how far its K/V moved when the skill
+was prefilled behind a generic system text: compile.py; ends of code blocks, paragraph breaks and
+sentence ends, which gather their section like attention sinks) times the attention the user turn
+pays it in the spliced cache, from the attention pass; no probe. On the 39 dev compositions that
+matched the probe-and-attention split at about 0.6 of its splice time (qwen2.5-coder-0.5b KL 0.0208
+-> 0.0203, lower in 25; the demo model 0.0088 -> 0.0067, lower in 26, top-1 and greedy-16 the same),
+and on 16 dev compositions of short skills, where the budget is too small for the probe, it beat
+sensitivity alone (qwen2.5-coder-0.5b KL 0.032 -> 0.019 with two skills, 0.072 -> 0.056 with three;
+the demo model 0.0103 -> 0.0066, 0.0071 -> 0.0053). A budget under `min_attend` tokens, or an
+attention pass that would tip the splice over a prefill's cost (`plan`), ranks by sensitivity alone:
+on 17 dev lone-system contexts that beat seams longer by the budget (the earlier default) at the
+same tokens recomputed, qwen2.5-coder-0.5b KL 0.0318 -> 0.0148, the demo model 0.0066 -> 0.0037.
+Artifacts compiled before sensitivity was recorded keep the earlier rule: seams longer by a budget
+under `min_blend`, the probe-and-attention split (`both`) above it.
+Where even the cheapest ranking would cost more token-forwards than a full prefill (`plan`: most of
+the prompt is computed anyway, e.g. a long history after the skills), the splice prefills instead
+(`prefill_fallback`): exact, and no slower.
 """
 
 from __future__ import annotations
@@ -63,15 +67,16 @@ class Repair:
     seam: int = 16
     blend: float = 0.15
     blend_per_unseen: float = 1.0
-    min_blend: int = 64
-    select: str = "both"  # how blend ranks candidates: both | deviation | attention (see the module docstring)
+    min_blend: int = 64  # the smallest budget that pays for the probe (artifacts without sensitivity)
+    min_attend: int = 16  # the smallest budget the attention pass ranks (artifacts with sensitivity)
+    select: str = "sensitive"  # how blend ranks candidates: sensitive | both | deviation | attention (module docstring)
     probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
     exact_skip: bool = True
-    prefill_fallback: bool = True  # prefill instead where the repair would cost more (repair_cost)
+    prefill_fallback: bool = True  # prefill instead where the repair would cost more (plan)
 
     def __post_init__(self) -> None:
-        if self.select not in ("deviation", "attention", "both"):
-            raise BadReference(f"unknown blend selection {self.select!r}: use deviation, attention or both")
+        if self.select not in ("sensitive", "deviation", "attention", "both"):
+            raise BadReference(f"unknown blend selection {self.select!r}: use sensitive, deviation, attention or both")
 
     @classmethod
     def parse(cls, seam: int | None = None, repair: str | None = None) -> "Repair":
@@ -135,24 +140,48 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
     return spans, int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
 
 
-def repair_cost(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, computed: int, layers: int) -> float:
-    """What the splice will spend, in token-forwards (one token through every layer): its pass over
-    the `computed` tokens, the seams and the blend budget, and where the blend runs, the probe's
-    forward over the whole prompt up to its layer and the attention choice's extra pass. A full
-    prefill costs one per prompt token; when most of the prompt is computed anyway (a long history
-    after the skills) the repair's passes can cost more than that (15 dev multi-turn contexts,
-    qwen2.5-coder-0.5b: 5 splices 8-12% slower than a full prefill)."""
+@dataclass(frozen=True)
+class Plan:
+    """How a splice repairs: `how` ranks the budget (seams / longseam / sensitive / sensitive+attention /
+    blend, the probe-and-attention split), `cost` in token-forwards (one token through every layer)."""
+
+    how: str
+    spans: list[list[int]]
+    budget: int
+    cost: float
+
+
+def plan(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, layers: int) -> Plan:
+    """The richest repair whose passes cost less than a full prefill (one token-forward per prompt
+    token). The splice's own pass computes every token no artifact covers, the seams and the budget;
+    ranking by sensitivity alone adds nothing; the attention pass adds one more pass over those tokens
+    but the budget; the probe a forward over the whole prompt up to its layer. With every artifact
+    carrying sensitivity (`select="sensitive"`) the attention pass runs where it fits under a prefill's
+    cost and the budget is at least `min_attend`, else sensitivity alone; without, the budget lengthens
+    the seams under `min_blend` and runs the probe/attention split above it. Where even that costs
+    more than a prefill (a long history after the skills: 15 dev multi-turn contexts,
+    qwen2.5-coder-0.5b, 5 splices 8-12% slower than a full prefill), the splice prefills instead."""
     spans, budget = missed_spans(repair, prompt, resolved, reuse)
+    computed = len(prompt.ids) - sum(n for _, blocks in reuse for _, _, n in blocks)
     seams = sum(min(len(positions), repair.seam) for positions in spans)
     cost = computed + seams + budget
+    if budget <= 0:
+        return Plan("seams", spans, 0, cost)
+    sensitive = all(resolved[i].meta.sensitivity is not None for i, _ in reuse)
+    if sensitive and (repair.select == "sensitive" or budget < repair.min_blend):
+        attend = cost + computed + seams
+        if repair.select == "sensitive" and budget >= repair.min_attend and attend < len(prompt.ids):
+            return Plan("sensitive+attention", spans, budget, attend)
+        return Plan("sensitive", spans, budget, cost)
     if budget < repair.min_blend:
-        return cost
-    by_probe = _probe_share(repair.select, budget)
+        return Plan("longseam", spans, budget, cost)
+    select = "both" if repair.select == "sensitive" else repair.select
+    by_probe = _probe_share(select, budget)
     if by_probe:  # it runs every layer below the probe layer (and stops inside that one)
         cost += len(prompt.ids) * probe_layer(repair.probe_layer, layers) / layers
     if budget > by_probe:
         cost += computed + seams + by_probe
-    return cost
+    return Plan("blend", spans, budget, cost)
 
 
 def _probe_share(select: str, budget: int) -> int:
@@ -168,40 +197,42 @@ def probe_layer(layer: int | None, layers: int) -> int:
 
 def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, cache: Any,
                   compute: Compute) -> set[int]:
-    """Positions of reused tokens to recompute. `compute(positions, observe)` is the splice's own pass
-    over sorted positions against `cache`, with `observe` wrapped around its attention: the attention
-    choice reads the user turn from it."""
-    spans, budget = missed_spans(repair, prompt, resolved, reuse)
-    if budget < repair.min_blend:
-        return _seams_and_sensitive(repair, resolved, reuse, spans, budget)
-    chosen = {p for positions in spans for p in positions[: repair.seam]}
-    candidates = [p for positions in spans for p in positions[repair.seam :]]
-    if candidates:
-        budget = min(budget, len(candidates))
-        by_probe = _probe_share(repair.select, budget)
-        if by_probe:
-            chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, by_probe))
-        if budget > by_probe:  # the rest by the user turn's attention, the probe's picks computed in its pass
-            idx = torch.tensor([p for p in candidates if p not in chosen])
-            read = _user_attention(compute, prompt, reuse, chosen)[idx]
-            chosen.update(idx[read.topk(budget - by_probe).indices].tolist())
+    """Positions of reused tokens to recompute, as `plan` decides. `compute(positions, observe)` is the
+    splice's own pass over sorted positions against `cache`, with `observe` wrapped around its
+    attention: the attention choice reads the user turn from it."""
+    how = plan(repair, prompt, resolved, reuse, len(cache.layers))
+    seam = repair.seam + (how.budget // max(1, len(how.spans)) if how.how == "longseam" else 0)
+    chosen = {p for positions in how.spans for p in positions[:seam]}
+    candidates = [p for positions in how.spans for p in positions[seam:]]
+    if how.how in ("seams", "longseam") or not candidates:
+        return chosen
+    budget = min(how.budget, len(candidates))
+    if how.how.startswith("sensitive"):
+        idx = torch.tensor(candidates)
+        score = _sensitivity(resolved, reuse)[idx]
+        if how.how == "sensitive+attention":
+            score = score * _user_attention(compute, prompt, reuse, chosen)[idx]
+        return chosen | set(idx[score.topk(budget).indices].tolist())
+    select = "both" if repair.select == "sensitive" else repair.select
+    by_probe = _probe_share(select, budget)
+    if by_probe:
+        chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, by_probe))
+    if budget > by_probe:  # the rest by the user turn's attention, the probe's picks computed in its pass
+        idx = torch.tensor([p for p in candidates if p not in chosen])
+        read = _user_attention(compute, prompt, reuse, chosen)[idx]
+        chosen.update(idx[read.topk(budget - by_probe).indices].tolist())
     return chosen
 
 
-def _seams_and_sensitive(repair: Repair, resolved: list[Any], reuse: list, spans: list[list[int]], budget: int) -> set[int]:
-    """A budget too small for the blend: the seams, then the `budget` most sensitive tokens of the
-    skills that missed text (their artifacts' compile-time sensitivity), else (an artifact without
-    it) seams longer by the budget, split over the skills."""
-    chosen = {p for positions in spans for p in positions[: repair.seam]}
-    sensitive: dict[int, float] = {}
+def _sensitivity(resolved: list[Any], reuse: list) -> torch.Tensor:
+    """[prompt positions]: each reused token's compile-time sensitivity (its artifact's), 0 elsewhere."""
+    end = max((c + n for _, blocks in reuse for _, c, n in blocks), default=0)
+    out = torch.zeros(end)
     for i, blocks in reuse:
-        sens = resolved[i].meta.sensitivity
-        if sens is None:
-            longer = repair.seam + budget // max(1, len(spans))
-            return {p for positions in spans for p in positions[:longer]}
-        sensitive.update((c + k, sens[a + k]) for a, c, n in blocks for k in range(n))
-    rest = sorted((p for positions in spans for p in positions[repair.seam :]), key=sensitive.__getitem__, reverse=True)
-    return chosen | set(rest[:budget])
+        sens = torch.tensor(resolved[i].meta.sensitivity)
+        for a, c, n in blocks:
+            out[c : c + n] = sens[a : a + n]
+    return out
 
 
 def _user_turn(prompt: "Prompt") -> int:

@@ -7,7 +7,7 @@ final length and write every reused key, rotated from its compile position to it
 value into its slot; (3) choose the tokens to recompute: every token no artifact covers (template
 pieces, system and user text, boundary tokens that tokenized differently, edited fields, errata) plus
 the repair set (runtime/repair.py), unless that repair would cost more than a full prefill (a long
-history computed anyway, the blend's passes on top: `repair_cost`), when every token is computed
+history computed anyway, the repair's passes on top: `repair.plan`), when every token is computed
 instead, exactly; (4) compute them and the last prompt token against the assembled
 cache in one forward pass, whose attention skips the cache beyond each position-ordered group of them
 (runtime/passes.py). The cache then holds every prompt token but the last, so the result plugs into
@@ -32,7 +32,7 @@ from skillforge.rope import RopeSpec, rope_spec
 from skillforge.runtime.cache import CachePool, SpliceCache
 from skillforge.runtime.masks import scattered_mask
 from skillforge.runtime.passes import PASS_COST, grouped_attention, plan_passes
-from skillforge.runtime.repair import Repair, repair_cost, select_repair
+from skillforge.runtime.repair import Repair, plan, select_repair
 
 
 @dataclass
@@ -109,8 +109,7 @@ class Splicer:
             reuse.append((i, blocks))
             skill_tokens += len(pos)
         uncovered = ~reused
-        if rotate and repair.prefill_fallback and repair_cost(repair, prompt, skills, reuse, int(uncovered.sum()),
-                                                             len(cache.layers)) >= L:
+        if rotate and repair.prefill_fallback and plan(repair, prompt, skills, reuse, len(cache.layers)).cost >= L:
             # the repair would cost more than a full prefill: prefill instead, exact and no slower
             reuse, reused = [], torch.zeros(L, dtype=torch.bool)
         # Assemble: rotate and write reused K/V straight into their slots, except where a pooled
