@@ -32,8 +32,8 @@ pays it in the spliced cache, from the attention pass; no probe. On the 39 dev c
 matched the probe-and-attention split at about 0.6 of its splice time (qwen2.5-coder-0.5b KL 0.0208
 -> 0.0203, lower in 25; the demo model 0.0088 -> 0.0067, lower in 26, top-1 and greedy-16 the same),
 and on 16 dev compositions of short skills, where the budget is too small for the probe, it beat
-sensitivity alone (qwen2.5-coder-0.5b KL 0.032 -> 0.019 with two skills, 0.072 -> 0.056 with three;
-the demo model 0.0103 -> 0.0066, 0.0071 -> 0.0053). A budget under `min_attend` tokens, or an
+sensitivity alone (qwen2.5-coder-0.5b KL 0.032 -> 0.024 with two skills, 0.072 -> 0.056 with three,
+top-1 4 -> 5 of 6; the demo model 0.0103 -> 0.0072, 0.0071 -> 0.0053). A budget under `min_attend` tokens, or an
 attention pass that would tip the splice over a prefill's cost (`plan`), ranks by sensitivity alone:
 on 17 dev lone-system contexts that beat seams longer by the budget (the earlier default) at the
 same tokens recomputed, qwen2.5-coder-0.5b KL 0.0318 -> 0.0148, the demo model 0.0066 -> 0.0037.
