@@ -15,6 +15,7 @@ demo tokenizer's vocabulary, so the checks need no model hub and run in seconds:
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 import torch
@@ -410,6 +411,14 @@ def test_budget_under_min_blend_buys_the_most_sensitive_tokens(tok):
     assert result.repaired == 2 * repair.seam + budget
 
 
+def _unrepaired(lm, a, b) -> tuple[Context, Any, list[int]]:
+    """Skills a and b after a system text, spliced with no repair: (context, result, reused positions)."""
+    context = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
+    stale = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
+    computed = set(stale.computed_positions.tolist())
+    return context, stale, [p for p in range(len(stale.prompt.ids)) if p not in computed]
+
+
 def test_sensitive_choice_weights_sensitivity_by_the_user_turns_attention(tok):
     """The default ranking (`select="sensitive"`), where the attention pass fits under a prefill's
     cost: each candidate's compile-time sensitivity times the attention the user turn pays it in the
@@ -418,10 +427,7 @@ def test_sensitive_choice_weights_sensitivity_by_the_user_turns_attention(tok):
 
     lm = lm_for("llama", tok)
     a, b = skill(lm, "a"), skill(lm, "b")
-    context = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
-    stale = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
-    computed = set(stale.computed_positions.tolist())
-    reused = [p for p in range(len(stale.prompt.ids)) if p not in computed]
+    context, stale, reused = _unrepaired(lm, a, b)
     repair = Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_attend=1, prefill_fallback=False)
     result = Runtime(lm).splice(context, skills=[a, b], repair=repair)
     budget = round(0.2 * result.skill_tokens)
@@ -477,10 +483,7 @@ def test_both_choices_split_the_budget_between_probe_and_attention(tok):
 
     lm = lm_for("llama", tok)
     a, b = skill(lm, "a"), skill(lm, "b")
-    context = Context(skills=["a", "b"], system=SYSTEM, user=QUESTION)
-    stale = Runtime(lm).splice(context, skills=[a, b], repair=Repair(seam=0, blend=0))
-    computed = set(stale.computed_positions.tolist())
-    reused = [p for p in range(len(stale.prompt.ids)) if p not in computed]
+    context, stale, reused = _unrepaired(lm, a, b)
     repair = Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="both", prefill_fallback=False)
     result = Runtime(lm).splice(context, skills=[a, b], repair=repair)
     budget = round(0.2 * result.skill_tokens)
