@@ -149,6 +149,7 @@ class Plan:
     spans: list[list[int]]
     budget: int
     cost: float
+    select: str = ""  # the blend's split (`both` for `sensitive` on artifacts without sensitivity)
 
 
 def plan(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, layers: int) -> Plan:
@@ -181,7 +182,7 @@ def plan(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list, lay
         cost += len(prompt.ids) * probe_layer(repair.probe_layer, layers) / layers
     if budget > by_probe:
         cost += computed + seams + by_probe
-    return Plan("blend", spans, budget, cost)
+    return Plan("blend", spans, budget, cost, select)
 
 
 def _probe_share(select: str, budget: int) -> int:
@@ -213,8 +214,7 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
         if how.how == "sensitive+attention":
             score = score * _user_attention(compute, prompt, reuse, chosen)[idx]
         return chosen | set(idx[score.topk(budget).indices].tolist())
-    select = "both" if repair.select == "sensitive" else repair.select
-    by_probe = _probe_share(select, budget)
+    by_probe = _probe_share(how.select, budget)
     if by_probe:
         chosen.update(_deviating(model, repair.probe_layer, prompt, candidates, cache, by_probe))
     if budget > by_probe:  # the rest by the user turn's attention, the probe's picks computed in its pass
