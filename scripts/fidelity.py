@@ -37,6 +37,8 @@ the default:
               LEADS[N] alone (`sens3` is what compile records); sensattn: every budget by the recorded
               sensitivity times the user turn's attention from the attention pass, no probe
   bothsens    the default's split, its attention half weighted by the recorded sensitivity
+  roundsT     the default, and a second budget where the repair moved the last token's logits by more
+              than T (KL) from the seams-only attention pass: repair until it settles
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
 tokens); --sample N draws N cases stratified by kind with --seed. The subset is printed with the results, by case id.
 """
@@ -304,6 +306,34 @@ def without_sensitivity() -> Selector:
     return select
 
 
+def second_round(threshold: float) -> Selector:
+    """`roundsT`: the default, then a check. A pass over what the splice computes with the chosen
+    tokens (the splice's own pass, run here once more) gives the last token's logits after the
+    repair and the user turn's attention over the repaired cache; where the logits moved more than
+    T (KL) from the attention pass's (seams only), the skills missed much, and a second budget of the
+    same size goes to the next tokens by sensitivity times that attention."""
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        logits: list[torch.Tensor] = []
+
+        def observed(positions: torch.Tensor, observe: Any) -> Any:
+            logits.append(compute(positions, observe).float())
+            return logits[-1]
+        how = repair_mod.plan(repair, prompt, resolved, reuse, len(cache.layers))
+        chosen = repair_mod.select_repair(model, repair, prompt, resolved, reuse, cache, observed)
+        if how.how != "sensitive+attention":
+            return chosen
+        read = repair_mod._user_attention(observed, prompt, reuse, chosen)
+        p0, p1 = logits[0].log_softmax(-1), logits[1].log_softmax(-1)
+        if float((p1.exp() * (p1 - p0)).sum()) <= threshold:
+            return chosen
+        idx = torch.tensor([p for positions in how.spans for p in positions[repair.seam :] if p not in chosen])
+        if not idx.numel():
+            return chosen
+        score = repair_mod._sensitivity(resolved, reuse)[idx] * read[idx]
+        return chosen | set(idx[score.topk(min(how.budget, idx.numel())).indices].tolist())
+    return select
+
+
 def variant(name: str) -> tuple[Repair, Selector | None]:
     if "+" in name:  # a selector with Repair fields changed, e.g. sensattn+select=attention/min_blend=16
         name, fields = name.split("+", 1)
@@ -330,6 +360,9 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), by_sensitivity(LM[0], with_attention=True)
     if name == "bothsens":
         return Repair(), probe_and_sensitive_attention(LM[0])
+    m = re.fullmatch(r"rounds([\d.]+)", name)
+    if m:
+        return Repair(), second_round(float(m.group(1)))
     m = re.fullmatch(r"sens(\d)", name)
     if m:  # the sensitivity from one lead only
         return Repair(), by_sensitivity(LM[0], with_attention=False, leads=[LEADS[int(m.group(1))]])
