@@ -57,8 +57,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from skillforge import compile as compile_mod
-from skillforge.compile import SENSITIVITY_LEAD
+from skillforge import compile as compile_mod, sensitivity as sens_mod
+from skillforge.sensitivity import SENSITIVITY_LEAD
 from skillforge.eval import EvalMemo, load_cases, run_eval
 from skillforge.eval.run import case_kind
 from skillforge.model.forward import prefill
@@ -217,7 +217,7 @@ def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: 
 
 
 def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None) -> torch.Tensor:
-    """[artifact tokens]: compile.sensitivity (how much each token's K/V changes when the skill is
+    """[artifact tokens]: sensitivity.sensitivity (how much each token's K/V changes when the skill is
     prefilled behind a lead text instead of its bare anchor) averaged over `leads`; without leads,
     what compile recorded in the artifact."""
     meta = resolved.meta
@@ -226,7 +226,7 @@ def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = No
     key = (meta.skill, meta.version)
     if key not in memo:
         spec = rope_spec(lm.model)
-        memo[key] = sum(torch.tensor(compile_mod.sensitivity(lm, spec, meta.text, meta.token_ids, meta.offset, resolved.kv, lead))
+        memo[key] = sum(torch.tensor(sens_mod.sensitivity(lm, spec, meta.text, meta.token_ids, meta.offset, resolved.kv, lead))
                         for lead in leads) / len(leads)
     return memo[key]
 
@@ -438,7 +438,7 @@ def behind_lead(lead: str) -> Callable[[Any, Any], Any]:
     from skillforge.runtime import Resolved
 
     def make(lm: Any, manifest: Any) -> Any:
-        anchor = compile_mod.lead_anchor(lm, manifest.render().text, lead)
+        anchor = sens_mod.lead_anchor(lm, manifest.render().text, lead)
         return Resolved(*compile_mod.compile_skill(lm, manifest, anchor=anchor), None)
     return make
 
@@ -451,7 +451,7 @@ def mean_behind_leads(lm: Any, manifest: Any) -> Any:
 
     meta, _ = compile_mod.compile_skill(lm, manifest)
     spec = rope_spec(lm.model)
-    kvs = [compile_mod.kv_behind_lead(lm, spec, meta.text, meta.token_ids, meta.offset, lead) for lead in LEADS]
+    kvs = [sens_mod.kv_behind_lead(lm, spec, meta.text, meta.token_ids, meta.offset, lead) for lead in LEADS]
     return Resolved(meta, [(sum(kv[i][0] for kv in kvs) / len(kvs), sum(kv[i][1] for kv in kvs) / len(kvs))
                            for i in range(len(kvs[0]))], None)
 

@@ -93,7 +93,7 @@ class ArtifactMeta:
 
     @property
     def sensitivity(self) -> list[float] | None:
-        """Per token, how far its K/V move behind other text (compile.sensitivity); None in artifacts
+        """Per token, how far its K/V move behind other text (sensitivity.py); None in artifacts
         compiled before it was recorded."""
         return self.extra.get("sensitivity")
 

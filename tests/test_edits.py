@@ -12,6 +12,7 @@ from skillforge.eval.values import mentions, value_check, value_summary
 from skillforge.manifest import Manifest
 from skillforge.model.forward import prefill
 from skillforge.runtime import Context, Repair, Resolved, Runtime
+from skillforge.runtime.edits import plan_edits
 
 from tiny_models import build
 
@@ -101,6 +102,20 @@ def test_recompute_is_the_oracle(setup):
         full = lm.model(input_ids=result.input_ids, logits_to_keep=1).logits[0, -1]
     assert (logits - full).abs().max() < 1e-4
 
+
+def test_recompute_measures_the_edited_skills_sensitivity(setup):
+    """A value of another token length behind a system text: the default repair ranks the re-prefilled
+    skill's tokens by sensitivity, which must be the edited skill's own, as compiling it records."""
+    lm, _, skill = setup
+    edited = plan_edits(lm, [skill], {"policy.role": "guest"}, "recompute").skills[0]
+    manifest = Manifest.from_dict(skill.meta.extra["manifest"], source="test")
+    compiled, _ = compile_skill(lm, manifest, {"role": "guest"})
+    assert len(edited.meta.token_ids) != len(skill.meta.token_ids)
+    assert edited.meta.sensitivity == compiled.sensitivity
+    ctx = Context(skills=["policy"], system="You answer billing questions for a shop.", user=USER,
+                  set={"policy.role": "guest"})
+    result = Runtime(lm).splice(ctx, skills=[skill], edit_mode="recompute")
+    assert result.repaired > 16  # the seam and sensitive tokens of the edited skill
 
 def test_auto_reports_its_choice(setup):
     result = splice(setup, "verified_owner", "auto")

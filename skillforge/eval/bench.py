@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 
 from skillforge.build import compile_manifests
-from skillforge.compile import lead_anchor
+from skillforge.sensitivity import lead_anchor
 from skillforge.errors import ContextTooLong, EditError
 from skillforge.manifest import Manifest, discover
 from skillforge.model.forward import new_cache, run
