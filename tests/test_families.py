@@ -372,8 +372,8 @@ def test_blend_of_every_reused_token_is_exact(tok, family):
 
 
 def test_auto_ceiling_buys_blend_only_where_skills_missed_text(tok):
-    """`auto:<ratio>` raises the blend ceiling but keeps the adaptive sizing: a skill after another
-    skill gets more tokens recomputed, one behind nothing but its anchor still gets none."""
+    """`auto:<ratio>` raises the blend share: a skill after another skill gets more tokens
+    recomputed, one behind nothing but its anchor still gets none."""
     lm = lm_for("llama", tok)
     a, b = skill(lm, "a"), skill(lm, "b")
     rt = Runtime(lm)
@@ -400,7 +400,8 @@ def test_budget_under_min_blend_buys_the_most_sensitive_tokens(tok):
     prompt = result.prompt
     spans = [prompt.tokens_within(*span) for span in prompt.skill_spans]
     skill_tokens = sum(len(s) for s in spans)
-    budget = min(round(repair.blend * skill_tokens), max(unseen_tokens(prompt, i, r.meta.anchor_ids) for i, r in enumerate([a, b])))
+    unseen = max(unseen_tokens(prompt, i, r.meta.anchor_ids) for i, r in enumerate([a, b]))
+    budget = int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
     assert 0 < budget < repair.min_blend
     computed = set(result.computed_positions.tolist())
     seams = {p for positions in spans for p in positions[: repair.seam]}

@@ -95,10 +95,10 @@ def test_a_repair_dearer_than_a_prefill_prefills_instead(rt: Runtime):
 
 
 def test_a_short_unseen_text_buys_the_most_sensitive_tokens_not_a_longer_seam(rt: Runtime):
-    # a 5-token system text: a budget under min_blend, spent on the skill's tokens whose K/V moved most
-    # behind another text at compile time (compile.sensitivity), after the seam
+    # a 5-token system text and the budget capped by it: under min_attend, spent on the skill's tokens
+    # whose K/V moved most behind another text at compile time (sensitivity.py), after the seam
     ctx = Context(skills=["pirate-voice"], system="Be brief.", user="Ahoy?")
-    result = rt.splice(ctx, repair=Repair(seam=4))
+    result = rt.splice(ctx, repair=Repair(seam=4, blend_per_unseen=1.0))
     resolved = rt.resolve("pirate-voice")
     sens = resolved.meta.sensitivity
     assert sens is not None and len(sens) == resolved.meta.tokens and min(sens) >= 0 and max(sens) > 0
@@ -109,12 +109,21 @@ def test_a_short_unseen_text_buys_the_most_sensitive_tokens_not_a_longer_seam(rt
     assert _repaired(result) == set(range(start, start + 4)) | {start + t for t in ranked[:unseen]}
     # an artifact compiled before sensitivity was recorded: a seam longer by the budget, as before
     old = replace(resolved, meta=replace(resolved.meta, extra={k: v for k, v in resolved.meta.extra.items() if k != "sensitivity"}))
-    result = rt.splice(ctx, skills=[old], repair=Repair(seam=4))
+    result = rt.splice(ctx, skills=[old], repair=Repair(seam=4, blend_per_unseen=1.0))
     assert _repaired(result) == set(range(start, start + 4 + unseen))
 
 
-def test_adaptive_blend_is_capped_by_the_unseen_text(rt: Runtime):
+def test_the_default_budget_does_not_shrink_with_the_unseen_text(rt: Runtime):
+    # the same 5-token system text: by default the skill still gets `blend` of its tokens recomputed
     ctx = Context(skills=["pirate-voice"], system="Be brief.", user="Ahoy?")
-    result = rt.splice(ctx, repair=Repair(seam=4, blend=0.9, min_blend=1))
+    result = rt.splice(ctx, repair=Repair(seam=4))
+    unseen = unseen_tokens(result.prompt, 0, rt.resolve("pirate-voice").meta.anchor_ids)
+    budget = round(Repair().blend * result.skill_tokens)
+    assert budget > unseen and result.repaired == 4 + budget
+
+
+def test_a_blend_cap_per_unseen_token_holds(rt: Runtime):
+    ctx = Context(skills=["pirate-voice"], system="Be brief.", user="Ahoy?")
+    result = rt.splice(ctx, repair=Repair(seam=4, blend=0.9, blend_per_unseen=1.0, min_blend=1))
     unseen = unseen_tokens(result.prompt, 0, rt.resolve("pirate-voice").meta.anchor_ids)
     assert 0 < unseen and 4 <= result.repaired <= 4 + unseen

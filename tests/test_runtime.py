@@ -188,7 +188,7 @@ def test_repair_refuses_an_unknown_blend_selection():
 @pytest.mark.parametrize("spec, seam, expected", [
     (None, None, Repair()),
     ("auto", 8, Repair(seam=8)),
-    ("auto:0.3", None, Repair(blend=0.3)),  # adaptive sizing kept, only the ceiling moves
+    ("auto:0.3", None, Repair(blend=0.3)),  # only the share moves
     ("seam", None, Repair(blend=0.0)),
     ("none", None, Repair(seam=0, blend=0.0)),
     ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="deviation")),
