@@ -18,7 +18,7 @@ from skillforge.manifest import discover
 from skillforge.model.forward import run
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Repair, Runtime
-from skillforge.runtime.repair import unseen_tokens
+from skillforge.runtime.repair import missed_spans, unseen_tokens
 from skillforge.store import LocalStore
 
 from tiny_models import build
@@ -120,6 +120,16 @@ def test_the_default_budget_does_not_shrink_with_the_unseen_text(rt: Runtime):
     unseen = unseen_tokens(result.prompt, 0, rt.resolve("pirate-voice").meta.anchor_ids)
     budget = round(Repair().blend * result.skill_tokens)
     assert budget > unseen and result.repaired == 4 + budget
+
+
+def test_a_skill_behind_its_anchor_buys_nothing_however_long_the_turn(rt: Runtime):
+    # no skill missed text: no budget, so no repair cost that could tip the splice into a prefill
+    ctx = Context(skills=["pirate-voice"], user="Ahoy? " * 200)
+    result = rt.splice(ctx)
+    prompt, resolved = result.prompt, [rt.resolve("pirate-voice")]
+    reuse = [(0, [(0, min(prompt.tokens_within(*prompt.skill_spans[0])), resolved[0].meta.tokens)])]
+    assert missed_spans(Repair(), prompt, resolved, reuse) == ([], 0)
+    assert result.repaired == 0 and result.reused == resolved[0].meta.tokens
 
 
 def test_a_blend_cap_per_unseen_token_holds(rt: Runtime):

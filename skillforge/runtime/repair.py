@@ -139,8 +139,12 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
             continue
         unseen = max(unseen, missed)
         spans.append([c + k for _, c, n in blocks for k in range(n)])
-    skill_tokens = sum(n for _, blocks in reuse for _, _, n in blocks)
-    return spans, int(min(round(repair.blend * skill_tokens), repair.blend_per_unseen * unseen))
+    if not spans:  # every skill sits behind its anchor: exact, nothing to buy
+        return spans, 0
+    budget = round(repair.blend * sum(n for _, blocks in reuse for _, _, n in blocks))
+    if not math.isinf(repair.blend_per_unseen):
+        budget = min(budget, int(repair.blend_per_unseen * unseen))
+    return spans, budget
 
 
 @dataclass(frozen=True)
