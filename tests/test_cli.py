@@ -54,7 +54,8 @@ def test_compile_ls_show_splice(tiny_dir: Path, skills_dir: Path):
     spliced = cli("splice", "--model", str(tiny_dir), "--skill", "refund-desk", "--system", "Be brief.",
                   "--user", "Can I get a refund?", "--max-new-tokens", "4")
     assert spliced["artifacts"] == [rows[0]["digest"]]
-    assert spliced["tokens_reused"] > 1000 and spliced["tokens_computed"] >= spliced["seam_tokens"] > 0
+    # most of the skill is reused: all but its seam and the blend share (15% of its tokens)
+    assert spliced["tokens_reused"] > 0.8 * rows[0]["tokens"] and spliced["tokens_computed"] >= spliced["seam_tokens"] > 0
 
     edited = cli("splice", "--model", str(tiny_dir), "--skill", "refund-desk", "--user", "Refund?", "--max-new-tokens", "2",
                  "--set", "refund-desk.account_role=suspended_user")
