@@ -6,7 +6,8 @@ import order. Importing `a.b.c` also runs the `__init__` of `a.b`, so that count
 into a package that contains the importing module, whose `__init__` is already running).
 
 Layers, lowest first; a module may import its own group or a group of a strictly lower rank. Peers of
-one rank import neither way: compile and the runtime share the prompt contract and nothing else.
+one rank import neither way: compile and the runtime share the prompt contract and the sensitivity
+measure (below both) and nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ RANKS = {
     "errors": 0,
     "config": 1, "refs": 1,
     "manifest_io": 2, "prompt": 2, "rope": 2, "model": 2, "store": 2,
-    "manifest": 3,
+    "manifest": 3, "sensitivity": 3,
     "artifact": 4,
     "registry": 5,
     "compile": 6, "runtime": 6,
