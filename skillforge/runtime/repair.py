@@ -27,11 +27,11 @@ The default (`auto`; `auto:R` sets R, else 0.15) spends R of the context's skill
 that missed text, however little they missed: on qwen2.5-coder-0.5b a system text of a few words
 moves a skill's K/V as much as a paragraph does, and the earlier cap of one token per unseen token
 (`blend_per_unseen=1`) left 17 dev lone-system contexts at KL 0.0171 against 0.0070 without it
-(top-1 0.88 -> 0.94, at 13% -> 20% of their skill tokens recomputed; one at 0.099 -> 0.004). It ranks it
-(`select="sensitive"`) by each token's compile-time sensitivity (how far its K/V moved when the skill
-was prefilled behind a generic system text: compile.py; ends of code blocks, paragraph breaks and
-sentence ends, which gather their section like attention sinks) times the attention the user turn
-pays it in the spliced cache, from the attention pass; no probe. On the 39 dev compositions that
+(top-1 0.88 -> 0.94, at 13% -> 20% of their skill tokens recomputed; one at 0.099 -> 0.004). It
+ranks it (`select="sensitive"`) by each token's compile-time sensitivity (how far its K/V moved when
+the skill was prefilled behind a generic system text: sensitivity.py; ends of code blocks,
+paragraph breaks and sentence ends, which gather their section like attention sinks) times the
+attention the user turn pays it in the spliced cache, from the attention pass; no probe. On the 39 dev compositions that
 matched the probe-and-attention split at about 0.6 of its splice time (qwen2.5-coder-0.5b KL 0.0208
 -> 0.0203, lower in 25; the demo model 0.0088 -> 0.0067, lower in 26, top-1 and greedy-16 the same),
 and on 16 dev compositions of short skills, where the budget is too small for the probe, it beat
@@ -102,7 +102,8 @@ class Repair:
     def describe(self) -> str:
         parts = [f"seam={self.seam}"]
         if self.blend:
-            parts.append(f"blend={self.blend:g}" + ("" if math.isinf(self.blend_per_unseen) else f"(<={self.blend_per_unseen:g}/unseen token)"))
+            cap = "" if math.isinf(self.blend_per_unseen) else f"(<={self.blend_per_unseen:g}/unseen token)"
+            parts.append(f"blend={self.blend:g}{cap}")
         return ",".join(parts)
 
 
