@@ -23,23 +23,24 @@ others, two repairs combine:
            0.0105 -> 0.0088 (39; top-1 0.95 -> 0.90 by two near-ties). The extra pass costs about
            as much as the splice's own (a 1,242-token composition on the demo model: 3.2 s against
            2.2 s with the probe alone). `Repair(select=...)` picks one alone.
-The default (`auto`; `auto:R` sets R, else 0.15) spends R of the context's skill tokens on the skills
-that missed text, however little they missed: on qwen2.5-coder-0.5b a system text of a few words
-moves a skill's K/V as much as a paragraph does, and the earlier cap of one token per unseen token
-(`blend_per_unseen=1`) left 17 dev lone-system contexts at KL 0.0171 against 0.0070 without it
+The default (`auto`; `auto:R` sets R, else 0.15) spends R of the context's skill tokens on the
+skills that missed text, however little they missed: on qwen2.5-coder-0.5b a system text of a few
+words moves a skill's K/V as much as a paragraph does, and the earlier cap of one token per unseen
+token (`blend_per_unseen=1`) left 17 dev lone-system contexts at KL 0.0171 against 0.0070 without it
 (top-1 0.88 -> 0.94, at 13% -> 20% of their skill tokens recomputed; one at 0.099 -> 0.004). It
 ranks it (`select="sensitive"`) by each token's compile-time sensitivity (how far its K/V moved when
-the skill was prefilled behind a generic system text: sensitivity.py; ends of code blocks,
-paragraph breaks and sentence ends, which gather their section like attention sinks) times the
-attention the user turn pays it in the spliced cache, from the attention pass; no probe. On the 39 dev compositions that
-matched the probe-and-attention split at about 0.6 of its splice time (qwen2.5-coder-0.5b KL 0.0208
--> 0.0203, lower in 25; the demo model 0.0088 -> 0.0067, lower in 26, top-1 and greedy-16 the same),
-and on 16 dev compositions of short skills, where the budget is too small for the probe, it beat
-sensitivity alone (qwen2.5-coder-0.5b KL 0.032 -> 0.024 with two skills, 0.072 -> 0.056 with three,
-top-1 4 -> 5 of 6; the demo model 0.0103 -> 0.0072, 0.0071 -> 0.0053). A budget under `min_attend` tokens, or an
-attention pass that would tip the splice over a prefill's cost (`plan`), ranks by sensitivity alone:
-on 17 dev lone-system contexts that beat seams longer by the budget (the earlier default) at the
-same tokens recomputed, qwen2.5-coder-0.5b KL 0.0318 -> 0.0148, the demo model 0.0066 -> 0.0037.
+the skill was prefilled behind a generic system text: sensitivity.py; ends of code blocks, paragraph
+breaks and sentence ends, which gather their section like attention sinks) times the attention the
+user turn pays it in the spliced cache, from the attention pass; no probe. On the 39 dev
+compositions that matched the probe-and-attention split at about 0.6 of its splice time
+(qwen2.5-coder-0.5b KL 0.0208 -> 0.0203, lower in 25; the demo model 0.0088 -> 0.0067, lower in 26,
+top-1 and greedy-16 the same), and on 16 dev compositions of short skills, where the budget is too
+small for the probe, it beat sensitivity alone (qwen2.5-coder-0.5b KL 0.032 -> 0.024 with two
+skills, 0.072 -> 0.056 with three, top-1 4 -> 5 of 6; the demo model 0.0103 -> 0.0072, 0.0071 ->
+0.0053). A budget under `min_attend` tokens, or an attention pass that would tip the splice over a
+prefill's cost (`plan`), ranks by sensitivity alone: on 17 dev lone-system contexts that beat seams
+longer by the budget (the earlier default) at the same tokens recomputed, qwen2.5-coder-0.5b KL
+0.0318 -> 0.0148, the demo model 0.0066 -> 0.0037.
 Artifacts compiled before sensitivity was recorded keep the earlier rule: seams longer by a budget
 under `min_blend`, the probe-and-attention split (`both`) above it.
 Where even the cheapest ranking would cost more token-forwards than a full prefill (`plan`: most of
