@@ -122,6 +122,30 @@ def test_the_default_budget_does_not_shrink_with_the_unseen_text(rt: Runtime):
     assert budget > unseen and result.repaired == 4 + budget
 
 
+def test_a_short_unseen_text_counts_only_a_skills_first_tokens_toward_the_budget(rt: Runtime):
+    # a horizon shorter than either skill: after a 5-token system text each adds `blend` of its first
+    # `horizon` tokens, however long it is; a longer unseen text reaches deeper (horizon_per_unseen)
+    ctx = Context(skills=["json-contract", "pirate-voice"], system="Be brief.", user="Ahoy?")
+    repair = Repair(seam=4, blend=0.5, blend_horizon=0, horizon_per_unseen=0.0, prefill_fallback=False)
+    full = rt.splice(ctx, repair=repair)
+    spans = _skill_positions(full)
+    horizon = min(len(span) for span in spans) // 2
+    short = rt.splice(ctx, repair=replace(repair, blend_horizon=horizon))
+    assert full.repaired == 2 * 4 + round(0.5 * full.skill_tokens)
+    assert short.repaired == 2 * 4 + round(0.5 * 2 * horizon) < full.repaired
+    anchor = rt.resolve("pirate-voice").meta.anchor_ids
+    unseen = [unseen_tokens(full.prompt, i, anchor) for i in range(2)]
+    assert unseen[1] > len(spans[0]) > unseen[0] > 0
+    deep = rt.splice(ctx, repair=replace(repair, blend_horizon=horizon, horizon_per_unseen=1.0))
+    counted = sum(min(len(span), max(horizon, u)) for span, u in zip(spans, unseen))
+    assert deep.repaired == 2 * 4 + round(0.5 * counted) and short.repaired < deep.repaired
+    # no system text: the first skill sits behind its anchor, counts whole and buys nothing itself
+    behind = rt.splice(Context(skills=["json-contract", "pirate-voice"], user="Ahoy?"),
+                       repair=replace(repair, blend_horizon=horizon))
+    first, second = _skill_positions(behind)
+    assert _repaired(behind) <= second and behind.repaired == 4 + min(len(second) - 4, round(0.5 * (len(first) + horizon)))
+
+
 def test_a_skill_behind_its_anchor_buys_nothing_however_long_the_turn(rt: Runtime):
     # no skill missed text: no budget, so no repair cost that could tip the splice into a prefill
     ctx = Context(skills=["pirate-voice"], user="Ahoy? " * 200)

@@ -191,7 +191,7 @@ def test_repair_refuses_an_unknown_blend_selection():
     ("auto:0.3", None, Repair(blend=0.3)),  # only the share moves
     ("seam", None, Repair(blend=0.0)),
     ("none", None, Repair(seam=0, blend=0.0)),
-    ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), min_blend=1, select="deviation")),
+    ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), blend_horizon=0, min_blend=1, select="deviation")),
 ])
 def test_repair_spec_parses(spec, seam, expected):
     assert Repair.parse(seam, spec) == expected

@@ -41,6 +41,18 @@ skills, 0.072 -> 0.056 with three, top-1 4 -> 5 of 6; the demo model 0.0103 -> 0
 prefill's cost (`plan`), ranks by sensitivity alone: on 17 dev lone-system contexts that beat seams
 longer by the budget (the earlier default) at the same tokens recomputed, qwen2.5-coder-0.5b KL
 0.0318 -> 0.0148, the demo model 0.0066 -> 0.0037.
+The budget counts a skill after unseen text only as deep as that text reaches: its first
+max(`blend_horizon`, `horizon_per_unseen` x unseen tokens) tokens (1,024 and 8; a skill behind its
+anchor counts whole, being unseen text to the skills after it). A share of every token made a long
+skill's repair grow with its square (each recomputed token attends over the whole skill): behind a
+one-sentence system text an 8,000-token skill recomputed 1,200 tokens, a splice of 13 s against a
+51 s prefill on the demo model. Sensitivity sits in a skill's first few hundred tokens (of the top
+15% of a 2,000-3,000-token skill, 98% on the demo model, 69% on qwen2.5-coder-0.5b and 448 of 450
+on gemma-3-270m lie in its first 30%), while a long unseen text, another skill, moves tokens deep
+into the next one: a flat horizon of 1,024 cost the compositions among 15 dev contexts with the
+three long skills (qwen2.5-coder-0.5b KL 0.0024 -> 0.0068, a top-1 flip; the demo model 0.0004 ->
+0.0026), the horizon that grows with the unseen text kept them (0.0026, top-1 15 of 15; the demo
+model 0.0011, greedy-16 as before) at 11.5% of skill tokens recomputed instead of 15.6%.
 Artifacts compiled before sensitivity was recorded keep the earlier rule: seams longer by a budget
 under `min_blend`, the probe-and-attention split (`both`) above it.
 Where even the cheapest ranking would cost more token-forwards than a full prefill (`plan`: most of
@@ -71,6 +83,8 @@ class Repair:
     seam: int = 16
     blend: float = 0.15
     blend_per_unseen: float = math.inf  # a cap per token of unseen text before the skill (1.0 before; docstring)
+    blend_horizon: int = 1024  # a skill after unseen text counts its first max(N, horizon_per_unseen x unseen) tokens (0: all; docstring)
+    horizon_per_unseen: float = 8.0
     min_blend: int = 64  # the smallest budget that pays for the probe (artifacts without sensitivity)
     min_attend: int = 16  # the smallest budget the attention pass ranks (artifacts with sensitivity)
     select: str = "sensitive"  # how blend ranks candidates: sensitive | both | deviation | attention (module docstring)
@@ -96,15 +110,16 @@ class Repair:
             return replace(base, seam=seam or 0, blend=0.0)
         if kind == "blend":
             # plain CacheBlend: a fixed fraction, whatever precedes the skills
-            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, min_blend=1,
-                           select="deviation")
+            return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, blend_horizon=0,
+                           min_blend=1, select="deviation")
         raise BadReference(f"invalid --repair {repair!r}: use auto[:<ratio>], seam, none or blend:<ratio>")
 
     def describe(self) -> str:
         parts = [f"seam={self.seam}"]
         if self.blend:
             cap = "" if math.isinf(self.blend_per_unseen) else f"(<={self.blend_per_unseen:g}/unseen token)"
-            parts.append(f"blend={self.blend:g}{cap}")
+            horizon = f"(horizon {self.blend_horizon}, {self.horizon_per_unseen:g}/unseen token)" if self.blend_horizon else ""
+            parts.append(f"blend={self.blend:g}{cap}{horizon}")
         return ",".join(parts)
 
 
@@ -134,16 +149,20 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
     """The reused positions of every skill that missed something, and the blend budget: `blend` of the
     skill tokens, at most `blend_per_unseen` per unseen token (no cap by default; module docstring)."""
     spans: list[list[int]] = []
-    unseen = 0
+    unseen = counted = 0
     for i, blocks in reuse:
         missed = unseen_tokens(prompt, i, resolved[i].meta.anchor_ids)
+        n = sum(k for _, _, k in blocks)
+        # a skill behind its anchor counts whole (it is unseen text to the skills after it); one after
+        # unseen text counts as deep as that text reaches
+        counted += n if missed == 0 or not repair.blend_horizon else min(n, max(repair.blend_horizon, round(repair.horizon_per_unseen * missed)))
         if repair.exact_skip and missed == 0:
             continue
         unseen = max(unseen, missed)
-        spans.append([c + k for _, c, n in blocks for k in range(n)])
+        spans.append([c + k for _, c, m in blocks for k in range(m)])
     if not spans:  # every skill sits behind its anchor: exact, nothing to buy
         return spans, 0
-    budget = round(repair.blend * sum(n for _, blocks in reuse for _, _, n in blocks))
+    budget = round(repair.blend * counted)
     if not math.isinf(repair.blend_per_unseen):
         budget = min(budget, int(repair.blend_per_unseen * unseen))
     return spans, budget
