@@ -94,6 +94,17 @@ def test_a_repair_dearer_than_a_prefill_prefills_instead(rt: Runtime):
     assert rt.splice(short).reused > 0 and rt.splice(short, repair=Repair(select="both")).reused > 0
 
 
+def test_the_attention_ranking_pass_is_recorded_and_computes_only_what_the_splice_computes(rt: Runtime):
+    # the bench's floor replays the splice's passes over the assembled cache: the ranking pass (tokens
+    # computed anyway, seams, the last token) and then the splice's own pass, which adds the budget
+    ctx = Context(skills=["json-contract", "pirate-voice"], system="Be brief.", user="Ahoy?")
+    result = rt.splice(ctx, repair=Repair(seam=4, blend=0.3, prefill_fallback=False))
+    (ranking,) = result.ranking_passes
+    ranked, computed = set(ranking.tolist()), set(result.computed_positions.tolist())
+    assert ranked < computed and len(computed - ranked) == result.repaired - 2 * 4
+    assert not rt.splice(ctx, repair=Repair(seam=4, blend=0.0)).ranking_passes  # seams alone rank nothing
+
+
 def test_a_short_unseen_text_buys_the_most_sensitive_tokens_not_a_longer_seam(rt: Runtime):
     # a 5-token system text and the budget capped by it: under min_attend, spent on the skill's tokens
     # whose K/V moved most behind another text at compile time (sensitivity.py), after the seam

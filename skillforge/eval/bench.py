@@ -8,8 +8,10 @@ For a synthetic skill of N tokens (bundled skill text behind one field, `tier`) 
   store         the same splice again, as a server sees the next request for the same skills: the
                 pooled cache still holds the skill's KV in place, only the slots that changed are written
   hot           a splice from the hot cache
-  floor         only the splice's own forward passes over the tokens it must compute anyway (template
-                pieces, system and user text, seam, last token) against an already assembled cache
+  floor         only the splice's own forward passes against an already assembled cache: the repair's
+                ranking pass, if it ran one (the tokens computed anyway and the seams, for the attention
+                the user turn pays), and the pass over every token the splice computes (template pieces,
+                system and user text, seams, repaired tokens, last token)
   edit_full     a full prefill of the prompt with the field edited (what an edit costs without skillforge);
                 where the edited prompt has as many tokens as the original (one-token values: always here),
                 that is the same computation as `full`, so the round's `full` time stands in for it
@@ -186,6 +188,10 @@ class _LengthBench:
         self.rt.hot.clear()  # the next resolve reads the memory-mapped blob (page cache warm)
         self._splice(self.ctx)
 
+    def _floor(self) -> None:
+        for positions in [*self.base.ranking_passes, self.base.computed_positions]:
+            self.rt.compute(self.base.cache, self.base.input_ids[0], positions)
+
     def arm(self, name: str) -> float | None:
         """Run arm `name` once -> wall-clock ms (None where it does not apply)."""
         fns: dict[str, Callable[[], Any]] = {
@@ -193,7 +199,7 @@ class _LengthBench:
             "cold": self._cold,
             "store": self._store,
             "hot": lambda: self._splice(self.ctx),
-            "floor": lambda: self.rt.compute(self.base.cache, self.base.input_ids[0], self.base.computed_positions),
+            "floor": self._floor,
             "edit_full": lambda: run(self.lm.model, self.edited_ids, cache=new_cache()),
             "edit_inplace": lambda: self._splice(self.edited["in-place"], "in-place"),
             "edit_erratum": lambda: self._splice(self.edited["field+erratum"], "field+erratum"),

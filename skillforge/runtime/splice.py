@@ -59,6 +59,7 @@ class SpliceResult:
     artifacts: list[str]
     edits: list[dict] = field(default_factory=list)
     computed_positions: torch.Tensor | None = None  # every position the splice computed, the last included
+    ranking_passes: list[torch.Tensor] = field(default_factory=list)  # positions of each pass the repair ran to rank
     logits: torch.Tensor | None = None  # after the last prompt token (its KV sits in the slot after the cache)
     splice_ms: float = 0.0
     # (splice, weight): streams decoded alongside this one, whose log-probabilities are added with
@@ -126,9 +127,13 @@ class Splicer:
                     self._write_block(cache, r.kv, r.meta.offset + a, a, c, n, rotate, slots=stale)
                 cache.contents.wrote(source, a, c, n, capacity)
         ids = torch.tensor(prompt.ids, device=device)
-        chosen = (select_repair(self.lm.model, repair, prompt, skills, reuse, cache,
-                                lambda positions, observe: self.compute(cache, ids, positions, observe))
-                  if rotate else set())
+        ranking: list[torch.Tensor] = []
+
+        def ranking_pass(positions: torch.Tensor, observe: Callable[[AttentionFn], AttentionFn] | None) -> torch.Tensor:
+            ranking.append(positions)
+            return self.compute(cache, ids, positions, observe)
+
+        chosen = select_repair(self.lm.model, repair, prompt, skills, reuse, cache, ranking_pass) if rotate else set()
         for p in chosen:
             reused[p] = False
 
@@ -148,6 +153,7 @@ class Splicer:
             skill_tokens=skill_tokens,
             artifacts=[r.digest for r in skills if r.digest],
             computed_positions=compute,
+            ranking_passes=ranking,
             logits=logits,
             splice_ms=(time.perf_counter() - t0) * 1000,
         )
