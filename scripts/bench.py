@@ -132,8 +132,9 @@ def render_bench(benches: list[dict], env: str, plot: str | None, runs: str = "i
              f"Measured by `scripts/bench.py --only bench` on {env}, {time.strftime('%Y-%m-%d')}, {runs}. Every round "
              "runs each arm once, in a rotating order; a ratio is taken within a round (its arms ran seconds apart), "
              "and the tables give the median over rounds with the lowest and highest in brackets. Times are medians, "
-             "in ms. Floor: the splice's forward passes alone (template pieces, system and user text, seam and "
-             "repaired tokens, last token) over an already assembled cache. Splices release their cache to the pool "
+             "in ms. Floor: the splice's forward passes alone over an already assembled cache: the repair's attention "
+             "pass where it ran one, and the pass over every computed token (template pieces, system and user text, "
+             "seams and repaired tokens, last token). Splices release their cache to the pool "
              "after each request, as the server does, so a repeated layout (store, hot) finds its skill's KV already in "
              "place; a new layout reads the artifact from the store and rotates and copies every reused key into "
              "pooled memory that last held something else (the first request for a set of skills).", ""]
