@@ -147,7 +147,8 @@ def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
 
 def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list) -> tuple[list[list[int]], int]:
     """The reused positions of every skill that missed something, and the blend budget: `blend` of the
-    skill tokens, at most `blend_per_unseen` per unseen token (no cap by default; module docstring)."""
+    skill tokens, a skill after unseen text counted up to its horizon, at most `blend_per_unseen` per
+    unseen token (no cap by default; module docstring)."""
     spans: list[list[int]] = []
     unseen = counted = 0
     for i, blocks in reuse:
@@ -155,7 +156,8 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
         n = sum(k for _, _, k in blocks)
         # a skill behind its anchor counts whole (it is unseen text to the skills after it); one after
         # unseen text counts as deep as that text reaches
-        counted += n if missed == 0 or not repair.blend_horizon else min(n, max(repair.blend_horizon, round(repair.horizon_per_unseen * missed)))
+        reach = max(repair.blend_horizon, round(repair.horizon_per_unseen * missed))
+        counted += n if missed == 0 or not repair.blend_horizon else min(n, reach)
         if repair.exact_skip and missed == 0:
             continue
         unseen = max(unseen, missed)
