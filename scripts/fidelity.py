@@ -37,6 +37,8 @@ the default:
               LEADS[N] alone (`sens3` is what compile records); sensattn: every budget by the recorded
               sensitivity times the user turn's attention from the attention pass, no probe
   bothsens    the default's split, its attention half weighted by the recorded sensitivity
+  sensdN      the default, every artifact's sensitivity from its first N layers only: what a compile
+              whose second forward stopped at layer N would record (compile cost, issue 20)
   roundsT     the default, and a second budget where the repair moved the last token's logits by more
               than T (KL) from the seams-only attention pass: repair until it settles
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
@@ -216,11 +218,23 @@ def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: 
     return idx[score.topk(budget).indices].tolist()
 
 
-def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None) -> torch.Tensor:
+def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None, depth: int | None = None) -> torch.Tensor:
     """[artifact tokens]: sensitivity.sensitivity (how much each token's K/V changes when the skill is
     prefilled behind a lead text instead of its bare anchor) averaged over `leads`; without leads,
-    what compile recorded in the artifact."""
+    what compile recorded in the artifact; with `depth`, behind SENSITIVITY_LEAD from the first
+    `depth` layers only (what a compile that stops its second forward there would record)."""
     meta = resolved.meta
+    if depth is not None:
+        key = (meta.skill, meta.version, "depth", depth)
+        if key not in memo:
+            lead = sens_mod.kv_behind_lead(lm, rope_spec(lm.model), meta.text, meta.token_ids, meta.offset)
+            score = torch.zeros(len(meta.token_ids))
+            for (k, v), (k2, v2) in list(zip(resolved.kv, lead))[:depth]:
+                k, v = k.float(), v.float()
+                score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0)
+                score += ((v - v2).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0)
+            memo[key] = score
+        return memo[key]
     if leads is None:
         return torch.tensor(meta.sensitivity)
     key = (meta.skill, meta.version)
@@ -261,6 +275,18 @@ def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None
             val = val * repair_mod._user_attention(compute, prompt, reuse, chosen)[idx]
         chosen.update(idx[val.topk(min(budget, idx.numel())).indices].tolist())
         return chosen
+    return select
+
+
+def shallow_sensitivity(lm: Any, depth: int) -> Selector:
+    """`sensdN`: the default repair, but every artifact's sensitivity measured from its first N layers
+    only (a compile whose second forward stops there costs ~N/layers of a forward, not a whole one)."""
+    memo: dict = {}
+
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        shallow = [replace(r, meta=replace(r.meta, extra={**r.meta.extra, "sensitivity": sensitivity(lm, r, memo, depth=depth).tolist()}))
+                   for r in resolved]
+        return repair_mod.select_repair(model, repair, prompt, shallow, reuse, cache, compute)
     return select
 
 
@@ -363,6 +389,9 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
     m = re.fullmatch(r"rounds([\d.]+)", name)
     if m:
         return Repair(), second_round(float(m.group(1)))
+    m = re.fullmatch(r"sensd(\d+)", name)
+    if m:
+        return Repair(), shallow_sensitivity(LM[0], int(m.group(1)))
     m = re.fullmatch(r"sens(\d)", name)
     if m:  # the sensitivity from one lead only
         return Repair(), by_sensitivity(LM[0], with_attention=False, leads=[LEADS[int(m.group(1))]])
