@@ -226,14 +226,9 @@ def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = No
     meta = resolved.meta
     if depth is not None:
         key = (meta.skill, meta.version, "depth", depth)
-        if key not in memo:
-            lead = sens_mod.kv_behind_lead(lm, rope_spec(lm.model), meta.text, meta.token_ids, meta.offset)
-            score = torch.zeros(len(meta.token_ids))
-            for (k, v), (k2, v2) in list(zip(resolved.kv, lead))[:depth]:
-                k, v = k.float(), v.float()
-                score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0)
-                score += ((v - v2).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0)
-            memo[key] = score
+        if key not in memo:  # sens_mod.sensitivity sums over the layers of the KV it is given
+            memo[key] = torch.tensor(sens_mod.sensitivity(lm, rope_spec(lm.model), meta.text, meta.token_ids, meta.offset,
+                                                          resolved.kv[:depth]))
         return memo[key]
     if leads is None:
         return torch.tensor(meta.sensitivity)
