@@ -9,6 +9,7 @@ transformers' calling conventions (cache keyword, logits_to_keep, the attention 
   greedy         the greedy decode loop, over any step function (one stream, or guided streams)
   eos_ids        the token ids that end a generation
   wrapped_attention  the model's attention function wrapped for one block (grouped passes, repair probe)
+  grouped_scores     query heads against their shared KV head (grouped-query attention), no copies
 
 TRANSFORMERS_SDPA_FORCE_GQA: `run` sets it to 1 unless the environment already sets it, so SDPA
 attends over the cache's KV heads directly instead of repeating them per query head (transformers
@@ -103,6 +104,14 @@ def greedy(first: torch.Tensor, step: Callable[[int, int], torch.Tensor], max_ne
             break
         logits = step(tok, i)
     return Greedy(tokens, margins)
+
+
+def grouped_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q [heads, n, dim] against k [kv_heads, L, dim] -> unscaled scores [heads, n, L], the query heads
+    that share a KV head (grouped-query attention) in one matmul each instead of copying the keys for
+    every query head (at 8k keys those copies were most of the attention ranking's cost above its forward)."""
+    heads, n = q.shape[:2]
+    return (q.reshape(k.shape[0], heads // k.shape[0] * n, -1) @ k.transpose(-1, -2)).view(heads, n, -1)
 
 
 @contextmanager

@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from skillforge.errors import BadReference
-from skillforge.model.forward import AttentionFn, run, wrapped_attention
+from skillforge.model.forward import AttentionFn, grouped_scores, run, wrapped_attention
 
 if TYPE_CHECKING:
     from skillforge.prompt import Prompt
@@ -291,7 +291,7 @@ def _user_attention(compute: Compute, prompt: "Prompt", reuse: list, chosen: set
     def record(original: AttentionFn) -> AttentionFn:
         def attention(module, query, key, value, attention_mask, **kwargs):
             q, k = query[0][:, rows].float(), key[0].float()  # [heads, user tokens, dim], [kv_heads, L, dim]
-            scores = _grouped_scores(q, k)
+            scores = grouped_scores(q, k)
             scores.mul_(kwargs.get("scaling") or q.shape[-1] ** -0.5)
             scores.add_(attention_mask[0, 0][rows, : k.shape[1]])  # this layer's causal (and window) mask
             read[: k.shape[1]] += scores.softmax(-1).mean(dim=(0, 1)).cpu()
@@ -342,14 +342,6 @@ def user_turn_attention(q: torch.Tensor, k: torch.Tensor, scaling: Any, t0: int)
     """[prompt tokens]: the causal attention of the user turn (queries from position t0 on) over all
     keys, averaged over its heads and tokens. q [heads, L, dim], k [kv_heads, L, dim] of one layer of a
     full forward (grouped heads share their key head)."""
-    scores = _grouped_scores(q[:, t0:], k) * scaling
+    scores = grouped_scores(q[:, t0:], k) * scaling
     causal = torch.ones(q.shape[1] - t0, k.shape[1], dtype=torch.bool, device=k.device).tril(t0)
     return scores.masked_fill(~causal, float("-inf")).softmax(-1).mean(dim=(0, 1))
-
-
-def _grouped_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q [heads, n, dim] against k [kv_heads, L, dim] -> unscaled scores [heads, n, L], the query heads
-    that share a KV head (grouped-query attention) in one matmul each instead of copying the keys for
-    every query head (at 8k keys those copies were most of the attention ranking's cost above its forward)."""
-    heads, n = q.shape[:2]
-    return (q.reshape(k.shape[0], heads // k.shape[0] * n, -1) @ k.transpose(-1, -2)).view(heads, n, -1)
