@@ -93,9 +93,15 @@ class ArtifactMeta:
 
     @property
     def sensitivity(self) -> list[float] | None:
-        """Per token, how far its K/V move behind other text (sensitivity.py); None in artifacts
-        compiled before it was recorded."""
+        """Per token, how far its state would move behind other text (sensitivity.py); None in
+        artifacts compiled before it was recorded."""
         return self.extra.get("sensitivity")
+
+    @property
+    def sensitivity_kind(self) -> str:
+        """`measured` (a second prefill; artifacts that do not say) or `estimate` (from the compile's
+        forward); the two have different scales (sensitivity.py, runtime/repair.py)."""
+        return self.extra.get("sensitivity_kind", "measured")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -229,6 +235,8 @@ def _check_extra(meta: ArtifactMeta, source: str) -> None:
     if "sensitivity" in meta.extra and (type(sens) is not list or len(sens) != len(meta.token_ids) or not all(
             type(x) in (int, float) and 0 <= x < math.inf for x in sens)):
         raise _corrupt(source, f"extra.sensitivity must be {len(meta.token_ids)} finite non-negative numbers, one per token")
+    if meta.extra.get("sensitivity_kind", "measured") not in ("measured", "estimate"):
+        raise _corrupt(source, "extra.sensitivity_kind must be measured or estimate")
     if "manifest" not in meta.extra:
         return
     try:

@@ -35,8 +35,11 @@ class CompileOutcome:
 
 
 def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any, store: Any, anchor: str = "template",
-                      on_done: Callable[[CompileOutcome], None] | None = None, system: str = "") -> list[CompileOutcome]:
-    """Compile every manifest not yet compiled for this model and anchor (behind `system`); idempotent."""
+                      on_done: Callable[[CompileOutcome], None] | None = None, system: str = "",
+                      sensitivity: str = "measured") -> list[CompileOutcome]:
+    """Compile every manifest not yet compiled for this model and anchor (behind `system`), recording
+    sensitivity of the kind given (compile.py); idempotent: an artifact already indexed is kept,
+    whatever kind it records."""
     from skillforge.artifact import anchor_digest
     from skillforge.errors import BadReference, NotFound
 
@@ -55,7 +58,7 @@ def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any,
             row = registry.find_artifact(m.name, lm.fingerprint.digest, version=m.version, anchor_digest=a_digest)
             outcome = CompileOutcome(m.name, m.version, row.digest, row.tokens, row.bytes, False)
         except NotFound:
-            meta, kv = compile_skill(lm, m, anchor=anchor_ids)
+            meta, kv = compile_skill(lm, m, anchor=anchor_ids, sensitivity=sensitivity)
             with store.staging(".safetensors") as path:
                 artifact.save(path, meta, kv)
                 crash_point("compile:saved")

@@ -12,11 +12,12 @@ the anchor is then every token a context with that system text has before the sk
 splices there exactly, with no repair, and after it (behind earlier skills) only what follows the
 system text is unseen.
 
-Each artifact also records every token's *sensitivity*: how far its keys and values move when the
-skill is prefilled behind a generic system text (sensitivity.py) instead of its anchor, summed over
-layers. The tokens that move most are the ends of code blocks, paragraph breaks and sentence ends,
-which gather their section like attention sinks; after a short unseen text, repair recomputes those
-rather than a longer seam (runtime/repair.py). It costs one more prefill of the skill at compile time.
+Each artifact also records every token's *sensitivity*: how far its state moves when a generic
+system text precedes the skill (sensitivity.py). The tokens that move most are the ends of code
+blocks, paragraph breaks and sentence ends, which gather their section like attention sinks; after
+unseen text, repair recomputes those the user turn reads (runtime/repair.py). Measured (the default)
+it costs one more prefill of the skill; estimated from the compile's own forward
+(`sensitivity="estimate"`) it costs ~2% more than one, at some fidelity (sensitivity.py).
 """
 
 from __future__ import annotations
@@ -24,17 +25,27 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from skillforge.artifact import ArtifactMeta, FieldSpan
-from skillforge.errors import ContextTooLong
+from skillforge.errors import BadInput, ContextTooLong
 from skillforge.manifest import Manifest
-from skillforge.model.forward import KV, prefill
+from skillforge.model.forward import KV
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import char_spans_to_tokens, resolve_anchor, tokenize_with_offsets
 from skillforge.rope import rope_spec
-from skillforge.sensitivity import sensitivity
+from skillforge.sensitivity import SENSITIVITY_KINDS, prefill_recorded
 
 
-def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | None = None, anchor: str | list[int] = "template") -> tuple[ArtifactMeta, KV]:
-    """Prefill one skill behind its anchor; return metadata and the KV of the skill's own tokens."""
+def check_sensitivity_kind(kind: str) -> str:
+    """A sensitivity kind, or BadInput naming the valid ones (before any model is loaded)."""
+    if kind not in SENSITIVITY_KINDS:
+        raise BadInput(f"unknown sensitivity {kind!r}; choose one of {', '.join(SENSITIVITY_KINDS)}")
+    return kind
+
+
+def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | None = None, anchor: str | list[int] = "template",
+                  sensitivity: str = "measured") -> tuple[ArtifactMeta, KV]:
+    """Prefill one skill behind its anchor; return metadata and the KV of the skill's own tokens, with
+    its sensitivity of the kind asked for (`measured` or `estimate`)."""
+    check_sensitivity_kind(sensitivity)
     spec = rope_spec(lm.model)  # refuses models whose keys cannot be moved, before any work
     rendered = manifest.render(values)
     anchor_ids = resolve_anchor(lm.tokenizer, anchor)
@@ -43,7 +54,7 @@ def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | 
     if total > lm.max_positions:
         raise ContextTooLong(f"skill {manifest.name}@{manifest.version} is {total} tokens with its anchor; {lm.name} allows {lm.max_positions}")
     n = len(anchor_ids)
-    layers = prefill(lm.model, anchor_ids + ids, start=n)
+    layers, sens = prefill_recorded(lm, rendered.text, ids, anchor_ids, sensitivity)
     fields = [FieldSpan(name, rendered.values[name], s, e) for name, s, e in char_spans_to_tokens(offsets, rendered.spans)]
     meta = ArtifactMeta(
         skill=manifest.name,
@@ -63,7 +74,7 @@ def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | 
         num_layers=len(layers),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         extra={"manifest": manifest.to_dict(), "labels": {f.name: f.label for f in manifest.fields.values()},
-               "sensitivity": sensitivity(lm, spec, rendered.text, ids, n, layers)},
+               "sensitivity": sens, "sensitivity_kind": sensitivity},
     )
     return meta, layers
 

@@ -131,6 +131,7 @@ MALFORMED: dict[str, Callable[[], bytes]] = {
     "negative sensitivity": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [0.5, 0.1, -1, 0, 2]})),
     "sensitivity not numbers": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [0.5, 0.1, "x", 0, 2]})),
     "sensitivity of bools": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [True] * 5})),
+    "sensitivity of an unknown kind": lambda: edited(lambda t, m: m.update(extra={"sensitivity": [0.5] * 5, "sensitivity_kind": "guessed"})),
 }
 
 
@@ -163,6 +164,7 @@ def test_messages_say_what_is_wrong():
     assert "the safetensors header is list, not an object" in message("header is a JSON list")
     assert "data_offsets [0] are not two byte offsets" in message("data_offsets of one element")
     assert "extra.sensitivity must be 5 finite non-negative numbers, one per token" in message("negative sensitivity")
+    assert "extra.sensitivity_kind must be measured or estimate" in message("sensitivity of an unknown kind")
     assert "key 'k.0' appears twice" in message("duplicate tensor key")
 
 

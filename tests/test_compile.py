@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skillforge import artifact
+from skillforge import artifact, sensitivity
 from skillforge.build import compile_manifests
 from skillforge.compile import compile_skill
 from skillforge.errors import ArtifactMismatch, BadInput, CorruptBlob, UnsupportedModel
@@ -19,6 +19,7 @@ from skillforge.model.forward import prefill
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import resolve_anchor, template_anchor
 from skillforge.registry import Registry
+from skillforge.rope import rope_spec
 from skillforge.store import LocalStore
 
 from tiny_models import build, build_model
@@ -47,6 +48,10 @@ def test_an_unknown_anchor_names_the_valid_ones(demo_tokenizer, home: Path, skil
                           capture_output=True, text=True, env={**os.environ, "SKILLFORGE_HOME": str(home)}, timeout=300)
     assert done.returncode == 2, done.stderr
     assert "BadInput: unknown anchor 'bogus'; choose one of template, none" in done.stderr and "Traceback" not in done.stderr
+    done = subprocess.run([str(script), "compile", str(skills_dir / "refund-desk"), "--sensitivity", "guessed", "--model", "/nonexistent"],
+                          capture_output=True, text=True, env={**os.environ, "SKILLFORGE_HOME": str(home)}, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "BadInput: unknown sensitivity 'guessed'; choose one of measured, estimate" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_compiled_kv_equals_a_direct_prefill(demo_tokenizer):
@@ -63,6 +68,48 @@ def test_compiled_kv_equals_a_direct_prefill(demo_tokenizer):
         torch.testing.assert_close(k, dk[:, n : n + meta.tokens], rtol=0, atol=1e-5)
         torch.testing.assert_close(v, dv[:, n : n + meta.tokens], rtol=0, atol=1e-5)
     assert meta.offset == n and meta.fingerprint == lm.fingerprint.digest
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    return x.argsort().argsort().float()
+
+
+def test_sensitivity_is_measured_or_estimated_from_the_compile_forward_alone(demo_lm, skills_dir: Path):
+    """`--sensitivity estimate` reads it off the compile's one forward: the skill's KV is bit for bit a
+    plain prefill's, and the estimate ranks the tokens as the measured sensitivity (a second prefill
+    behind the lead) does (Spearman 0.87 for this skill on the demo model); each records its kind."""
+    text = discover(skills_dir / "pirate-voice")[0].render().text
+    ids = demo_lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    anchor = resolve_anchor(demo_lm.tokenizer, "template")
+    kv, estimate = sensitivity.prefill_with_sensitivity(demo_lm, text, ids, anchor)
+    plain = prefill(demo_lm.model, anchor + ids, start=len(anchor))
+    assert all(torch.equal(k, pk) and torch.equal(v, pv) for (k, v), (pk, pv) in zip(kv, plain))
+    measured = torch.tensor(sensitivity.sensitivity(demo_lm, rope_spec(demo_lm.model), text, ids, len(anchor), kv))
+    assert len(estimate) == len(ids) and min(estimate) >= 0
+    rho = torch.corrcoef(torch.stack([_ranks(measured), _ranks(torch.tensor(estimate))]))[0, 1]
+    assert rho > 0.7, rho
+    m = discover(skills_dir / "pirate-voice")[0]
+    for kind, expected in (("measured", measured.tolist()), ("estimate", estimate)):
+        meta, _ = compile_skill(demo_lm, m, sensitivity=kind)
+        assert meta.sensitivity_kind == kind and meta.sensitivity == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("window", [None, 24])
+def test_log_sum_exp_beside_the_model_attention_matches_the_kernels(window):
+    """Off CPU the estimate computes each query's log-sum-exp itself; it must equal what the flash
+    kernel returns, causal and under a sliding-window mask, with grouped KV heads."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 40, 16, generator=g) for h in (4, 2, 2))
+    mask = None
+    if window:
+        i = torch.arange(40)
+        mask = ((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window))[None, None]
+    additive = None if mask is None else torch.zeros(mask.shape).masked_fill_(~mask, -torch.inf)
+    _, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), 0.0, mask is None, attn_mask=additive, scale=0.25)[:2]
+    torch.testing.assert_close(sensitivity._logsumexp(q, k, mask, 0.25), lse, rtol=0, atol=1e-5)
+    if additive is not None:
+        torch.testing.assert_close(sensitivity._logsumexp(q, k, additive, 0.25), lse, rtol=0, atol=1e-5)
 
 
 def test_field_spans_point_at_the_value_tokens(demo_tokenizer):

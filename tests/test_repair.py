@@ -85,10 +85,11 @@ def test_a_repair_dearer_than_a_prefill_prefills_instead(rt: Runtime):
     torch.testing.assert_close(rt.next_logits(result), full, atol=1e-4, rtol=0)
     forced = rt.splice(ctx, repair=Repair(select="both", prefill_fallback=False))  # the repair it avoided
     assert forced.reused > 0 and forced.repaired > Repair().min_blend
-    # the default drops the attention pass there instead (sensitivity alone costs no pass): still a splice
+    # the default's ranking (sensitivity times one attention pass, or sensitivity alone) costs less than a
+    # prefill there: still a splice, of the same budget as sensitivity alone
     default = rt.splice(ctx)
     alone = rt.splice(ctx, repair=Repair(min_attend=10**9))
-    assert default.reused > 0 and torch.equal(default.computed_positions, alone.computed_positions)
+    assert default.reused > 0 and len(default.computed_positions) == len(alone.computed_positions)
     # a short turn: the attention pass fits under a prefill's cost, and ranks the budget
     short = Context(skills=["json-contract", "pirate-voice"], user="Ahoy?")
     assert rt.splice(short).reused > 0 and rt.splice(short, repair=Repair(select="both")).reused > 0
@@ -122,6 +123,24 @@ def test_a_short_unseen_text_buys_the_most_sensitive_tokens_not_a_longer_seam(rt
     old = replace(resolved, meta=replace(resolved.meta, extra={k: v for k, v in resolved.meta.extra.items() if k != "sensitivity"}))
     result = rt.splice(ctx, skills=[old], repair=Repair(seam=4, blend_per_unseen=1.0))
     assert _repaired(result) == set(range(start, start + 4 + unseen))
+
+
+def test_estimated_and_measured_sensitivity_mix_by_their_shape_not_their_scale(rt: Runtime):
+    # `compile --sensitivity estimate` records another kind, on another scale; spliced beside a measured
+    # artifact, each counts relative to its own mean
+    ctx = Context(skills=["json-contract", "pirate-voice"], system="Be brief.", user="Ahoy?")
+    contract, pirate = rt.resolve("json-contract"), rt.resolve("pirate-voice")
+    assert contract.meta.sensitivity_kind == pirate.meta.sensitivity_kind == "measured"
+
+    def estimated(scale: float):
+        extra = {**pirate.meta.extra, "sensitivity": [x * scale for x in pirate.meta.sensitivity], "sensitivity_kind": "estimate"}
+        return replace(pirate, meta=replace(pirate.meta, extra=extra))
+
+    alone = Repair(seam=4, min_attend=10**9)  # sensitivity alone: no attention pass in the ranking
+    as_is, scaled = (rt.splice(ctx, skills=[contract, estimated(k)], repair=alone) for k in (1.0, 30.0))
+    assert _repaired(as_is) == _repaired(scaled)
+    first, _ = _skill_positions(scaled)
+    assert len(_repaired(scaled) & first) > 4  # the measured skill kept part of the budget beyond its seam
 
 
 def test_the_default_budget_does_not_shrink_with_the_unseen_text(rt: Runtime):

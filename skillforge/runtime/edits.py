@@ -38,9 +38,8 @@ from skillforge.model.forward import prefill
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import Prompt, char_spans_to_tokens, tokenize_with_offsets
 from skillforge.refs import parse_field_assignment
-from skillforge.rope import rope_spec
 from skillforge.runtime.splice import Resolved
-from skillforge.sensitivity import sensitivity
+from skillforge.sensitivity import prefill_recorded
 
 MODES = ("auto", "field+erratum", "erratum", "in-place", "recompute", "contrast")
 NULL_ERRATUM = "null-erratum"  # contrast's internal splice: the skill as compiled, an erratum stating its compiled value
@@ -159,18 +158,19 @@ def count_edit_tokens(plan: EditPlan, prompt: Prompt, computed: Any) -> list[dic
 def _recompute(lm: LoadedModel, r: Resolved, rendered: Rendered) -> Resolved:
     """The skill re-prefilled with its new values behind its artifact's own anchor (the oracle): what
     compiling the edited manifest gives, without leaving the runtime. Its tokens changed, so their
-    sensitivity is measured again (one more prefill, as compile does) where the artifact had one: a
-    value of another length would otherwise leave the repair reading past the old list."""
+    sensitivity is recorded again, of the artifact's kind (as compile does), where it had one: a value
+    of another length would otherwise leave the repair reading past the old list."""
     ids, offsets = tokenize_with_offsets(lm.tokenizer, rendered.text)
     anchor = list(r.meta.anchor_ids)
     if len(anchor) + len(ids) > lm.max_positions:
         raise ContextTooLong(f"skill {r.meta.skill} with the new values is {len(anchor) + len(ids)} tokens with its anchor; "
                              f"{lm.name} allows {lm.max_positions}")
     fields = [FieldSpan(name, rendered.values[name], s, e) for name, s, e in char_spans_to_tokens(offsets, rendered.spans)]
-    kv = prefill(lm.model, anchor + ids, start=len(anchor))
     extra = dict(r.meta.extra)
-    if r.meta.sensitivity is not None:
-        extra["sensitivity"] = sensitivity(lm, rope_spec(lm.model), rendered.text, ids, len(anchor), kv)
+    if r.meta.sensitivity is None:
+        kv = prefill(lm.model, anchor + ids, start=len(anchor))
+    else:
+        kv, extra["sensitivity"] = prefill_recorded(lm, rendered.text, ids, anchor, r.meta.sensitivity_kind)
     meta = replace(r.meta, text=rendered.text, text_digest=rendered.digest, field_values=dict(rendered.values),
                    token_ids=ids, offset=len(anchor), fields=fields, extra=extra)
     return Resolved(meta, kv, None)

@@ -255,11 +255,16 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
 
 
 def _sensitivity(resolved: list[Any], reuse: list) -> torch.Tensor:
-    """[prompt positions]: each reused token's compile-time sensitivity (its artifact's), 0 elsewhere."""
+    """[prompt positions]: each reused token's compile-time sensitivity (its artifact's), 0 elsewhere.
+    Where the splice mixes measured and estimated sensitivity (`compile --sensitivity`: two scales),
+    each artifact's is divided by its mean so neither kind takes the whole budget."""
     end = max((c + n for _, blocks in reuse for _, c, n in blocks), default=0)
     out = torch.zeros(end)
+    mixed = len({resolved[i].meta.sensitivity_kind for i, _ in reuse}) > 1
     for i, blocks in reuse:
         sens = torch.tensor(resolved[i].meta.sensitivity)
+        if mixed:
+            sens = sens / sens.mean().clamp_min(1e-12)
         for a, c, n in blocks:
             out[c : c + n] = sens[a : a + n]
     return out
