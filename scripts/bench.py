@@ -156,12 +156,13 @@ def render_bench(benches: list[dict], env: str, plot: str | None, runs: str = "i
             lines.append(f"| {r['tokens']} | {ms(r, 'edit_full_ms')} | {ms(r, 'edit_inplace_ms')} | {ms(r, 'edit_erratum_ms')} | "
                          f"{ratio(r, 'edit_speedup_inplace')} | {ratio(r, 'edit_speedup_erratum')} | "
                          f"{r['edit_computed_inplace']} / {r['edit_computed_erratum']} |")
-        c, one = b["compile_over_bare"], b.get("compile_over_one_forward")
+        c, one, est = b["compile_over_bare"], b.get("compile_over_one_forward"), b.get("compile_estimate_over_one_forward")
         lines += ["", f"Compile of {b['compile_tokens']} tokens: {b['compile_tokens_per_s']} tokens/s; a bare forward of the "
                   f"same tokens: {b['bare_forward_tokens_per_s']} tokens/s ("
                   + (f"compile / its two bare forwards, behind the anchor and the sensitivity lead, {c['median']:.3f}, "
-                     f"{c['min']:.3f}-{c['max']:.3f}; compile / one forward {one['median']:.3f}, {one['min']:.3f}-{one['max']:.3f})."
-                     if one else f"compile / bare {c['median']:.3f}, {c['min']:.3f}-{c['max']:.3f}; measured before compile "
+                     f"{c['min']:.3f}-{c['max']:.3f}; compile / one forward {one['median']:.3f}, {one['min']:.3f}-{one['max']:.3f}"
+                     + (f"; `--sensitivity estimate` / one forward {est['median']:.3f}, {est['min']:.3f}-{est['max']:.3f}" if est else "")
+                     + ")." if one else f"compile / bare {c['median']:.3f}, {c['min']:.3f}-{c['max']:.3f}; measured before compile "
                      "recorded sensitivity, a second prefill)."), ""]
     lines += ["The edit rows change the skill's first line (`Customer tier: A` to `B`): a full re-prefill of the edited "
               "prompt (as many tokens as the original, so the round's full prefill times it) against splicing the compiled skill with the field recomputed in place, or in place plus the "

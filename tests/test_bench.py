@@ -50,8 +50,10 @@ def test_bench_on_tiny_model_runs_every_arm_in_every_round(demo_tokenizer):
     assert doc["compile_over_bare"]["median"] > 0 and {"start", "end"} == set(doc["load"])
     # compile runs two prefills (behind the anchor, behind the sensitivity lead): about twice one forward
     assert doc["compile_over_one_forward"]["median"] > doc["compile_over_bare"]["median"]
+    est = doc["compile_estimate_over_one_forward"]  # `--sensitivity estimate`, timed in the same rounds
+    assert 0 < est["min"] <= est["median"] <= est["max"]
     text = format_bench(doc)
-    assert "edit_speedup_erratum" in text and "compile / its two bare forwards" in text
+    assert "edit_speedup_erratum" in text and "compile / its two bare forwards" in text and "--sensitivity estimate / one forward" in text
 
 
 def test_no_timed_arm_hashes_the_just_compiled_skill(demo_tokenizer, tmp_path: Path, monkeypatch):
@@ -77,7 +79,8 @@ def bench_doc() -> dict:
     return {"model": "m", "dtype": "float32", "device": "cpu", "rounds": 1, "rows": [row], "cpu_count": 2, "threads": 2,
             "wall_s": 60, "compile_tokens": 512, "compile_tokens_per_s": 100.0, "bare_forward_tokens_per_s": 102.0,
             "compile_over_bare": {"median": 1.02, "min": 1.0, "max": 1.04},
-            "compile_over_one_forward": {"median": 2.04, "min": 2.0, "max": 2.08}}
+            "compile_over_one_forward": {"median": 2.04, "min": 2.0, "max": 2.08},
+            "compile_estimate_over_one_forward": {"median": 1.02, "min": 1.01, "max": 1.03}}
 
 
 def test_readme_writer_touches_only_its_block(tmp_path: Path):
@@ -89,6 +92,7 @@ def test_readme_writer_touches_only_its_block(tmp_path: Path):
     script.update_readme(readme, None, bench)  # the legacy TTFT part is replaced, the eval part kept
     text = readme.read_text()
     assert "EVAL TABLES" in text and "old table" not in text and "2.00 (1.50-2.50)" in text
+    assert "compile / one forward 2.040, 2.000-2.080; `--sensitivity estimate` / one forward 1.020, 1.010-1.030)." in text
     assert text.startswith("# intro") and text.endswith("## after\n") and text.count(script.BENCH_START) == 1
     script.update_readme(readme, ["NEW EVAL"], None)  # the eval part rewritten, the bench block kept
     text = readme.read_text()

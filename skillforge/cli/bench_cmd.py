@@ -51,7 +51,7 @@ def format_bench(doc: dict) -> str:
     ratios = [{"tokens": r["tokens"], **{n: ratio(r, n) for n in ("speedup_cold", "speedup_store", "speedup_hot", "cold_over_floor", "store_over_floor",
                                                                   "hot_over_floor", "edit_speedup_inplace", "edit_speedup_erratum")}}
               for r in doc["rows"]]
-    c, one = doc["compile_over_bare"], doc["compile_over_one_forward"]
+    c, one, est = doc["compile_over_bare"], doc["compile_over_one_forward"], doc["compile_estimate_over_one_forward"]
     lines = [f"model {doc['model']} on {doc['device']} ({doc.get('dtype', '')}), {doc['rounds']} interleaved rounds; "
              f"load average {doc['load']['start']} -> {doc['load']['end']} on {doc['cpu_count']} cores"
              + ("; raw prompts (the model has no chat template)" if doc.get("raw_prompts") else ""),
@@ -59,5 +59,6 @@ def format_bench(doc: dict) -> str:
              "per-round ratios, median (min-max):", table(ratios, list(ratios[0])), "",
              f"compile {doc['compile_tokens_per_s']} tokens/s; bare forward of the same tokens {doc['bare_forward_tokens_per_s']} "
              f"tokens/s; compile / its two bare forwards (behind the anchor and the sensitivity lead) {c['median']:.3f} "
-             f"({c['min']:.3f}-{c['max']:.3f}); compile / one forward {one['median']:.3f} ({one['min']:.3f}-{one['max']:.3f})"]
+             f"({c['min']:.3f}-{c['max']:.3f}); compile / one forward {one['median']:.3f} ({one['min']:.3f}-{one['max']:.3f}); "
+             f"--sensitivity estimate / one forward {est['median']:.3f} ({est['min']:.3f}-{est['max']:.3f})"]
     return "\n".join(lines)

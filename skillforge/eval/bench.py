@@ -225,7 +225,8 @@ def _row(b: _LengthBench, rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def _compile_rounds(lm: LoadedModel, registry: Registry, store: LocalStore, n: int, rounds: int) -> dict[str, Any]:
     """Compile (two prefills: behind the anchor, and behind the sensitivity lead; write, hash, index)
     against bare forwards of the same tokens, interleaved: `compile_over_bare` is the overhead above
-    the two forwards compile must run, `compile_over_one_forward` what compiling costs against one."""
+    the two forwards compile must run, `compile_over_one_forward` what compiling costs against one,
+    `compile_estimate_over_one_forward` what `compile --sensitivity estimate` (one forward) costs."""
     manifest = bench_manifest(lm.tokenizer, n)
     text = manifest.render().text
     ids, _ = tokenize_with_offsets(lm.tokenizer, text)
@@ -234,16 +235,18 @@ def _compile_rounds(lm: LoadedModel, registry: Registry, store: LocalStore, n: i
     behind_lead = torch.tensor([lead_anchor(lm, text) + ids], device=device)
     per = []
     for i in range(rounds):
-        m = Manifest.from_dict({**manifest.to_dict(), "version": f"1.0.{i + 1}"}, source=manifest.name)
+        m, e = (Manifest.from_dict({**manifest.to_dict(), "version": f"{major}.0.{i + 1}"}, source=manifest.name) for major in (1, 2))
         arms = {"compile": lambda: compile_manifests(lm, [m], registry, store), "bare": lambda: run(lm.model, x, cache=new_cache()),
-                "lead": lambda: run(lm.model, behind_lead, cache=new_cache())}
-        order = ["compile", "bare", "lead"] if i % 2 == 0 else ["bare", "lead", "compile"]
+                "lead": lambda: run(lm.model, behind_lead, cache=new_cache()),
+                "estimate": lambda: compile_manifests(lm, [e], registry, store, sensitivity="estimate")}
+        order = ["compile", "bare", "estimate", "lead"] if i % 2 == 0 else ["lead", "estimate", "bare", "compile"]
         per.append({a: _timed(arms[a])[1] for a in order})
     c, b = statistics.median(r["compile"] for r in per), statistics.median(r["bare"] for r in per)
     return {"compile_tokens": len(ids), "compile_tokens_per_s": round(len(ids) / (c / 1000), 1),
             "bare_forward_tokens_per_s": round(len(ids) / (b / 1000), 1),
             "compile_over_bare": spread([r["compile"] / (r["bare"] + r["lead"]) for r in per]),
-            "compile_over_one_forward": spread([r["compile"] / r["bare"] for r in per])}
+            "compile_over_one_forward": spread([r["compile"] / r["bare"] for r in per]),
+            "compile_estimate_over_one_forward": spread([r["estimate"] / r["bare"] for r in per])}
 
 
 @torch.no_grad()
