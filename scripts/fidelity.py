@@ -39,6 +39,8 @@ the default:
   bothsens    the default's split, its attention half weighted by the recorded sensitivity
   sensdN      the default, every artifact's sensitivity from its first N layers only: what a compile
               whose second forward stopped at layer N would record (compile cost, issue 20)
+  estimated   the default, every artifact's sensitivity estimated from its compile forward alone
+              (what `compile --sensitivity estimate` records; sensitivity.prefill_with_sensitivity)
   roundsT     the default, and a second budget where the repair moved the last token's logits by more
               than T (KL) from the seams-only attention pass: repair until it settles
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
@@ -218,12 +220,19 @@ def _oracle(model: Any, prompt: Any, candidates: list[int], cache: Any, budget: 
     return idx[score.topk(budget).indices].tolist()
 
 
-def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None, depth: int | None = None) -> torch.Tensor:
+def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = None, depth: int | None = None,
+                estimated: bool = False) -> torch.Tensor:
     """[artifact tokens]: sensitivity.sensitivity (how much each token's K/V changes when the skill is
     prefilled behind a lead text instead of its bare anchor) averaged over `leads`; without leads,
     what compile recorded in the artifact; with `depth`, behind SENSITIVITY_LEAD from the first
-    `depth` layers only (what a compile that stops its second forward there would record)."""
+    `depth` layers only (what a compile that stops its second forward there would record); with
+    `estimated`, what `compile --sensitivity estimate` records."""
     meta = resolved.meta
+    if estimated:
+        key = (meta.skill, meta.version, "estimated")
+        if key not in memo:
+            memo[key] = torch.tensor(sens_mod.prefill_with_sensitivity(lm, meta.text, meta.token_ids, meta.anchor_ids)[1])
+        return memo[key]
     if depth is not None:
         key = (meta.skill, meta.version, "depth", depth)
         if key not in memo:  # sens_mod.sensitivity sums over the layers of the KV it is given
@@ -273,13 +282,14 @@ def by_sensitivity(lm: Any, with_attention: bool, leads: list[str] | None = None
     return select
 
 
-def shallow_sensitivity(lm: Any, depth: int) -> Selector:
+def shallow_sensitivity(lm: Any, depth: int | None, estimated: bool = False) -> Selector:
     """`sensdN`: the default repair, but every artifact's sensitivity measured from its first N layers
-    only (a compile whose second forward stops there costs ~N/layers of a forward, not a whole one)."""
+    only (a compile whose second forward stops there costs ~N/layers of a forward, not a whole one);
+    `estimated`: from the compile's forward alone (sensitivity.prefill_with_sensitivity)."""
     memo: dict = {}
 
     def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
-        shallow = [replace(r, meta=replace(r.meta, extra={**r.meta.extra, "sensitivity": sensitivity(lm, r, memo, depth=depth).tolist()}))
+        shallow = [replace(r, meta=replace(r.meta, extra={**r.meta.extra, "sensitivity": sensitivity(lm, r, memo, depth=depth, estimated=estimated).tolist()}))
                    for r in resolved]
         return repair_mod.select_repair(model, repair, prompt, shallow, reuse, cache, compute)
     return select
@@ -379,6 +389,8 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), by_sensitivity(LM[0], with_attention=False, leads=LEADS)
     if name == "sensattn":
         return Repair(), by_sensitivity(LM[0], with_attention=True)
+    if name == "estimated":
+        return Repair(), shallow_sensitivity(LM[0], None, estimated=True)
     if name == "bothsens":
         return Repair(), probe_and_sensitive_attention(LM[0])
     m = re.fullmatch(r"rounds([\d.]+)", name)
