@@ -112,7 +112,7 @@ def prefill_with_sensitivity(lm: LoadedModel, text: str, ids: list[int], anchor:
             return out, None
         return attention
 
-    hooks = [block.register_forward_pre_hook(_norm_hook(residual, i), with_kwargs=True) for i, block in enumerate(decoder_layers(lm.model))]
+    hooks = [block.register_forward_pre_hook(_norm_hook(residual, i), with_kwargs=True) for i, block in enumerate(_decoder_layers(lm.model))]
     try:
         with wrapped_attention(lm.model, wrap):
             kv = prefill(lm.model, anchor + ids, start=n)
@@ -122,7 +122,7 @@ def prefill_with_sensitivity(lm: LoadedModel, text: str, ids: list[int], anchor:
     return kv, [round(x, 6) for x in score.tolist()]
 
 
-def decoder_layers(model: Any) -> Any:
+def _decoder_layers(model: Any) -> Any:
     """The model's decoder blocks in order (the module list as long as its layer count: `model.layers`,
     `gpt_neox.layers`, `transformer.h`, ...); block i holds the attention of layer index i."""
     n = model.config.get_text_config().num_hidden_layers
