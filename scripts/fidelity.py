@@ -41,6 +41,7 @@ the default:
               whose second forward stopped at layer N would record (compile cost, issue 20)
   estimated   the default, every artifact's sensitivity estimated from its compile forward alone
               (what `compile --sensitivity estimate` records; sensitivity.prefill_with_sensitivity)
+  combined    the default, every artifact's measured sensitivity and its estimate, each over its mean, summed
   roundsT     the default, and a second budget where the repair moved the last token's logits by more
               than T (KL) from the seams-only attention pass: repair until it settles
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
@@ -295,6 +296,22 @@ def shallow_sensitivity(lm: Any, depth: int | None, estimated: bool = False) -> 
     return select
 
 
+def combined_sensitivity(lm: Any) -> Selector:
+    """`combined`: the default repair ranking by each artifact's recorded (measured) sensitivity over
+    its mean plus the estimate from its compile forward over its mean: the measured kind is best on
+    lone skills after a system text, the estimate on compositions (README, fidelity section)."""
+    memo: dict = {}
+
+    def select(model: Any, repair: Repair, prompt: Any, resolved: list, reuse: list, cache: Any, compute: Any) -> set[int]:
+        both = []
+        for r in resolved:
+            m = torch.tensor(r.meta.sensitivity)
+            e = sensitivity(lm, r, memo, estimated=True)
+            both.append(replace(r, meta=replace(r.meta, extra={**r.meta.extra, "sensitivity": (m / m.mean() + e / e.mean()).tolist()})))
+        return repair_mod.select_repair(model, repair, prompt, both, reuse, cache, compute)
+    return select
+
+
 def probe_and_sensitive_attention(lm: Any) -> Selector:
     """`bothsens`: the default's split, but its second half by the user turn's attention times the
     recorded sensitivity (the probe's half measured deviation; this half predicts it)."""
@@ -391,6 +408,8 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         return Repair(), by_sensitivity(LM[0], with_attention=True)
     if name == "estimated":
         return Repair(), shallow_sensitivity(LM[0], None, estimated=True)
+    if name == "combined":
+        return Repair(), combined_sensitivity(LM[0])
     if name == "bothsens":
         return Repair(), probe_and_sensitive_attention(LM[0])
     m = re.fullmatch(r"rounds([\d.]+)", name)
