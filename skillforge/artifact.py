@@ -45,6 +45,7 @@ MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_LAYERS = 1024
 MAX_POSITIONS = 2**31  # no position (offset + tokens) reaches this, whatever the model
 DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2)}  # meta dtype -> safetensors
+SENSITIVITY_KINDS = ("measured", "estimate")  # extra.sensitivity_kind; the first is what an artifact that does not say holds
 _FINGERPRINT_RE = re.compile(r"\Afp:[0-9a-f]{16,64}\Z")
 _TEXT_DIGEST_RE = re.compile(r"\Asha256:[0-9a-f]{64}\Z")
 _TENSOR_KEYS = {"dtype", "shape", "data_offsets"}
@@ -101,7 +102,7 @@ class ArtifactMeta:
     def sensitivity_kind(self) -> str:
         """`measured` (a second prefill; artifacts that do not say) or `estimate` (from the compile's
         forward); the two have different scales (sensitivity.py, runtime/repair.py)."""
-        return self.extra.get("sensitivity_kind", "measured")
+        return self.extra.get("sensitivity_kind", SENSITIVITY_KINDS[0])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
@@ -235,8 +236,8 @@ def _check_extra(meta: ArtifactMeta, source: str) -> None:
     if "sensitivity" in meta.extra and (type(sens) is not list or len(sens) != len(meta.token_ids) or not all(
             type(x) in (int, float) and 0 <= x < math.inf for x in sens)):
         raise _corrupt(source, f"extra.sensitivity must be {len(meta.token_ids)} finite non-negative numbers, one per token")
-    if meta.extra.get("sensitivity_kind", "measured") not in ("measured", "estimate"):
-        raise _corrupt(source, "extra.sensitivity_kind must be measured or estimate")
+    if meta.sensitivity_kind not in SENSITIVITY_KINDS:
+        raise _corrupt(source, f"extra.sensitivity_kind must be {' or '.join(SENSITIVITY_KINDS)}")
     if "manifest" not in meta.extra:
         return
     try:

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from skillforge.artifact import ArtifactMeta, FieldSpan
+from skillforge.artifact import SENSITIVITY_KINDS, ArtifactMeta, FieldSpan
 from skillforge.errors import BadInput, ContextTooLong
 from skillforge.manifest import Manifest
 from skillforge.model.forward import KV
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import char_spans_to_tokens, resolve_anchor, tokenize_with_offsets
 from skillforge.rope import rope_spec
-from skillforge.sensitivity import SENSITIVITY_KINDS, prefill_recorded
+from skillforge.sensitivity import prefill_recorded
 
 
 def check_sensitivity_kind(kind: str) -> str:

@@ -51,10 +51,16 @@ def kv_behind_lead(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], o
     """The skill's K/V prefilled behind `lead` (float32), keys rotated to the positions a compile behind
     an anchor of `offset` tokens puts them at, so the two compare token by token."""
     anchor = lead_anchor(lm, text, lead)
-    src = torch.arange(len(anchor), len(anchor) + len(ids))
-    dst = torch.arange(offset, offset + len(ids))
+    return _prefilled_at(lm, spec, anchor + ids, len(anchor), offset)
+
+
+def _prefilled_at(lm: LoadedModel, spec: RopeSpec, ids: list[int], start: int, to: int) -> KV:
+    """A plain prefill of `ids`, the K/V of its tokens from `start` on (float32), keys rotated so the
+    first of them sits at position `to`."""
+    src = torch.arange(start, len(ids))
+    dst = src - start + to
     out = []
-    for layer, (k, v) in enumerate(prefill(lm.model, anchor + ids, start=len(anchor))):
+    for layer, (k, v) in enumerate(prefill(lm.model, ids, start=start)):
         cos, sin = spec.angle_delta(layer, src, dst, wide=True)
         out.append((spec.shift(layer, k.float(), cos.to(k.device), sin.to(k.device)), v.float()))
     return out
@@ -72,9 +78,6 @@ def sensitivity(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], offs
         score += ((k - k2).norm(dim=-1) / k.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
         score += ((v - v2).norm(dim=-1) / v.norm(dim=-1).clamp_min(1e-6)).mean(0).cpu()
     return [round(x, 4) for x in score.tolist()]
-
-
-SENSITIVITY_KINDS = ("measured", "estimate")
 
 
 def prefill_recorded(lm: LoadedModel, text: str, ids: list[int], anchor: list[int], kind: str) -> tuple[KV, list[float]]:
@@ -142,13 +145,7 @@ def _inserted_kv(lm: LoadedModel, spec: RopeSpec, text: str, anchor: list[int], 
     ids = lead_anchor(lm, text, lead)
     common = next((i for i, (a, b) in enumerate(zip(ids, anchor)) if a != b), min(len(ids), len(anchor)))
     inserted = len(ids) - common
-    src = torch.arange(common, len(ids))
-    dst = src - common + len(anchor) - inserted
-    out = []
-    for layer, (k, v) in enumerate(prefill(lm.model, ids, start=common)):
-        cos, sin = spec.angle_delta(layer, src, dst, wide=True)
-        out.append((spec.shift(layer, k.float(), cos.to(k.device), sin.to(k.device)), v.float()))
-    return inserted, out
+    return inserted, _prefilled_at(lm, spec, ids, common, len(anchor) - inserted)
 
 
 def _attend(original: Any, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
