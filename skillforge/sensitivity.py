@@ -145,7 +145,10 @@ def _inserted_kv(lm: LoadedModel, spec: RopeSpec, text: str, anchor: list[int], 
     ids = lead_anchor(lm, text, lead)
     common = next((i for i, (a, b) in enumerate(zip(ids, anchor)) if a != b), min(len(ids), len(anchor)))
     inserted = len(ids) - common
-    return inserted, _prefilled_at(lm, spec, ids, common, len(anchor) - inserted)
+    key = ("inserted_kv", tuple(ids), common, len(anchor))
+    if key not in lm.memo:  # the same for every skill of a compile run (one prefill of ~40 tokens, ~2% of a skill's)
+        lm.memo[key] = _prefilled_at(lm, spec, ids, common, len(anchor) - inserted)
+    return inserted, lm.memo[key]
 
 
 def _attend(original: Any, module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Any,
@@ -191,11 +194,17 @@ def _moved(query: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, k: torch.T
     """Per query [heads, m, d]: how far inserting the lead's keys `k` / values `v` [kv_heads, L, d] would
     move its attention output `out` [heads, m, d] (norm over heads), given its log-sum-exp `lse` [heads, m]."""
     q = query.float()
-    s = grouped_scores(q, k.to(q.device)) * (scale or q.shape[-1] ** -0.5)  # [heads, m, L]
+    s = grouped_scores(q, k.to(q.device)).mul_(scale or q.shape[-1] ** -0.5)  # [heads, m, L]
     if window:  # a sliding layer: a token farther than the window from a lead token never reads it
         t = torch.arange(q.shape[1], device=q.device)[:, None]
         s = s.masked_fill(t + inserted - torch.arange(inserted, device=q.device)[None] >= window, -torch.inf)
-    lead_lse = s.logsumexp(-1)
-    share = torch.sigmoid(lead_lse - lse.float())
-    read = grouped_scores(torch.softmax(s, -1).nan_to_num(0.0), v.transpose(1, 2).to(q.device))  # [heads, m, dv]
-    return (share[..., None] * (read - out.float())).pow(2).sum((0, 2)).sqrt().nan_to_num(0.0).cpu()
+    # the lead's log-sum-exp and softmax from one exponential (a row whose window excludes every lead
+    # token sums to 0: its share is 0 and its NaNs are zeroed below)
+    top = s.amax(-1, keepdim=True)
+    top.masked_fill_(~torch.isfinite(top), 0.0)
+    p = s.sub_(top).exp_()
+    total = p.sum(-1)
+    share = torch.sigmoid(total.log() + top[..., 0] - lse.float())
+    read = grouped_scores(p, v.transpose(1, 2).to(q.device)).div_(total[..., None])  # [heads, m, dv]
+    # in place on `read`, the one [heads, m, dv] temporary: these products are most of the estimate's cost
+    return read.sub_(out).mul_(share[..., None]).square_().sum((0, 2)).sqrt_().nan_to_num_(0.0).cpu()
