@@ -42,6 +42,10 @@ the default:
   estimated   the default, every artifact's sensitivity estimated from its compile forward alone
               (what `compile --sensitivity estimate` records; sensitivity.prefill_with_sensitivity)
   combined    the default, every artifact's measured sensitivity and its estimate, each over its mean, summed
+  apeT_S      the default repair, then APE's query-side correction (Yang et al., ICLR 2025) at the user
+              turn's queries and every decoded token: over the stale keys (reused, not recomputed, of
+              skills that missed text) scores / T and the block's mass x S (e.g. ape1_0.8); apecT_S:
+              only in skills that follow another skill
   roundsT     the default, and a second budget where the repair moved the last token's logits by more
               than T (KL) from the seams-only attention pass: repair until it settles
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
@@ -52,10 +56,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -66,10 +71,10 @@ from skillforge import compile as compile_mod, sensitivity as sens_mod
 from skillforge.sensitivity import SENSITIVITY_LEAD
 from skillforge.eval import EvalMemo, load_cases, run_eval
 from skillforge.eval.run import case_kind
-from skillforge.model.forward import prefill
+from skillforge.model.forward import grouped_scores, prefill, wrapped_attention
 from skillforge.model.loader import load_model
 from skillforge.rope import rope_spec
-from skillforge.runtime import Repair, repair as repair_mod, splice as splice_mod
+from skillforge.runtime import Repair, decode as decode_mod, repair as repair_mod, splice as splice_mod
 
 LONG = {"employee-handbook", "payments-api", "product-catalog"}
 Selector = Callable[..., set[int]]
@@ -382,6 +387,69 @@ def second_round(threshold: float) -> Selector:
     return select
 
 
+@contextmanager
+def ape_queries(temperature: float, scale: float, after_skills: bool = False) -> Iterator[None]:
+    """APE's query-side correction on every splice: at the user turn's queries of the splice's last pass
+    and at every decoded token, attention over the stale keys (reused, not recomputed) is sharpened
+    by `temperature` within the block and the block's mass multiplied by `scale`; `after_skills`: only
+    in skills that follow another skill (not a lone skill after a system text)."""
+    state: dict[str, Any] = {}
+
+    def wrap(original: Any) -> Any:
+        def attention(module, query, key, value, mask, **kw):
+            out, w = original(module, query, key, value, mask, **kw)
+            rows = state["rows"]
+            stale = state["stale"]
+            L = key.shape[2]
+            st = torch.zeros(L, dtype=torch.bool)
+            st[: min(L, stale.numel())] = stale[:L]
+            if not rows.any() or not st.any():
+                return out, w
+            q, k, v = query[0][:, rows].float(), key[0].float(), value[0].float()
+            s = grouped_scores(q, k) * (kw.get("scaling") or q.shape[-1] ** -0.5)
+            if mask is not None:
+                m = mask[0, 0][rows, :L]
+                s = s.masked_fill(~m, -torch.inf) if m.dtype == torch.bool else s + m
+            ss = s[..., st] / temperature
+            lse = ss.logsumexp(-1, keepdim=True)
+            lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
+            s[..., st] = ss + (temperature - 1) * lse + math.log(scale)
+            o = grouped_scores(s.softmax(-1), v.transpose(1, 2))  # [heads, rows, dv]
+            out = out.clone()
+            out[0, rows] = o.transpose(0, 1).to(out.dtype)
+            return out, w
+        return attention
+
+    assemble, compute, advance = splice_mod.Splicer.assemble, splice_mod.Splicer.compute, decode_mod.Decoder.advance
+
+    def assemble_(self, prompt, skills, *a, **k):
+        inexact = torch.zeros(len(prompt.ids), dtype=torch.bool)  # skills that missed text: not behind their anchor
+        for i, (r, (cs, ce)) in enumerate(zip(skills, prompt.skill_spans)):
+            if repair_mod.unseen_tokens(prompt, i, r.meta.anchor_ids) and (i > 0 or not after_skills):
+                inexact[prompt.tokens_within(cs, ce)] = True
+        state.update(turn=repair_mod._user_turn(prompt), inexact=inexact)
+        return assemble(self, prompt, skills, *a, **k)
+
+    def compute_(self, cache, ids, positions, observe=None):
+        if observe is not None:
+            return compute(self, cache, ids, positions, observe)
+        stale = state["inexact"][: int(positions[-1]) + 1].clone()
+        stale[positions] = False
+        state.update(stale=stale, rows=positions >= state["turn"])
+        return compute(self, cache, ids, positions, wrap)
+
+    def advance_(self, token):
+        state["rows"] = torch.ones(1, dtype=torch.bool)
+        with wrapped_attention(self.model, wrap):
+            return advance(self, token)
+
+    splice_mod.Splicer.assemble, splice_mod.Splicer.compute, decode_mod.Decoder.advance = assemble_, compute_, advance_
+    try:
+        yield
+    finally:
+        splice_mod.Splicer.assemble, splice_mod.Splicer.compute, decode_mod.Decoder.advance = assemble, compute, advance
+
+
 def variant(name: str) -> tuple[Repair, Selector | None]:
     if "+" in name:  # a selector with Repair fields changed, e.g. sensattn+select=attention/min_blend=16
         name, fields = name.split("+", 1)
@@ -558,8 +626,9 @@ def subset(cases: list, no_long: bool, sample: int | None, seed: int, kinds: str
 
 def evaluate(lm: Any, cases: list, name: str, skills: str, memo: EvalMemo) -> dict:
     """One selector variant over the cases; prints its per-kind table."""
-    rep, select = variant(name)
-    with selector(select):
+    m = re.fullmatch(r"ape(c?)([\d.]+)_([\d.]+)", name)
+    rep, select = variant("default" if m else name)
+    with selector(select), (ape_queries(float(m.group(2)), float(m.group(3)), m.group(1) == "c") if m else nullcontext()):
         doc = run_eval(lm, cases, repair=rep, skills=skills, memo=memo, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"\n== {name}: top1 {doc['top1_agreement']:.3f} greedy16 {doc['greedy16_match']:.3f} kl {doc['kl_mean']:.4f} "
           f"max {doc['kl_max']:.4f} recomputed {doc['skill_recompute_fraction']:.3f}", flush=True)
