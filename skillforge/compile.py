@@ -17,7 +17,7 @@ system text precedes the skill (sensitivity.py). The tokens that move most are t
 blocks, paragraph breaks and sentence ends, which gather their section like attention sinks; after
 unseen text, repair recomputes those the user turn reads (runtime/repair.py). Measured (the default)
 it costs one more prefill of the skill; estimated from the compile's own forward
-(`sensitivity="estimate"`) it costs ~7% more than one, at some fidelity (sensitivity.py).
+(`sensitivity="estimate"`) it costs ~6% more than one, at some fidelity (sensitivity.py).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Two kinds (`compile --sensitivity`, `prefill_recorded`):
             one forward.
   estimate  from the compile's own forward (prefill_with_sensitivity): at every layer the attention
             share the lead's tokens would take from each token and how far their values lie from
-            what it reads, relative to its residual stream: compile at ~1.07x one forward. First
+            what it reads, relative to its residual stream: compile at ~1.06x one forward. First
             order, so it misses what reaches a token through other moved tokens (list markers and
             section heads deep in a skill that read its first tokens): over 30 skills it ranks
             tokens like the measured kind with Spearman 0.86 on the demo model and 0.76 on

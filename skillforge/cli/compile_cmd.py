@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
                  system: str = typer.Option("", "--system", help="a deployment's fixed system text: compile behind it, so "
                                             "splices after exactly this system text need no repair"),
                  sensitivity: str = typer.Option("measured", "--sensitivity", help="measured (a second prefill: compile ~2x one "
-                                                 "forward) or estimate (from the one forward: ~1.07x, repairs a little worse)"),
+                                                 "forward) or estimate (from the one forward: ~1.06x, repairs a little worse)"),
                  as_json: bool = JsonOpt) -> None:
         """Prefill each skill into a KV artifact for MODEL; skills already compiled are skipped."""
         from tqdm import tqdm
