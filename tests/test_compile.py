@@ -112,13 +112,12 @@ def test_log_sum_exp_beside_the_model_attention_matches_the_kernels(window):
         torch.testing.assert_close(sensitivity._logsumexp(q, k, additive, 0.25), lse, rtol=0, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("window", [None, 12, 3])
 def test_the_estimates_movement_is_the_change_inserting_the_lead_makes_to_one_attention(window):
     """At one layer, inserting the lead's keys and values before a token's own moves its attention
     output by exactly share x (lead read - output): the estimate computes that from the output and
     log-sum-exp alone. Checked against attention over both key sets, grouped KV heads, with a sliding
-    window that keeps part of the lead from the later tokens (3: every lead token, from most)."""
+    window that keeps part of the lead from the later tokens (3: all of it from every token but the first two)."""
     g = torch.Generator().manual_seed(0)
     heads, kv_heads, m, lead, dim, scale = 4, 2, 20, 6, 16, 0.25
     q = torch.randn(heads, m, dim, generator=g)
@@ -138,6 +137,8 @@ def test_the_estimates_movement_is_the_change_inserting_the_lead_makes_to_one_at
     torch.testing.assert_close(sensitivity._moved(q, out, lse, lk, lv, scale, window, lead), expected, rtol=1e-4, atol=1e-6)
     if window == 3:
         assert expected[2:].eq(0).all() and expected[:2].gt(0).all()
+
+
 def test_field_spans_point_at_the_value_tokens(demo_tokenizer):
     lm = build("llama", demo_tokenizer)
     meta, _ = compile_skill(lm, manifest())
