@@ -34,7 +34,7 @@ class LoadedModel:
     device: str
     dtype: str
     path: Path | None = None
-    memo: dict = field(default_factory=dict, repr=False)  # values derived from the weights alone, computed once (the sensitivity lead's K/V)
+    memo: dict = field(default_factory=dict, repr=False, compare=False)  # values derived from the weights alone, computed once (the sensitivity lead's K/V)
 
     @property
     def config(self) -> Any:
