@@ -237,7 +237,7 @@ def sensitivity(lm: Any, resolved: Any, memo: dict, leads: list[str] | None = No
     if estimated:
         key = (meta.skill, meta.version, "estimated")
         if key not in memo:
-            memo[key] = torch.tensor(sens_mod.prefill_with_sensitivity(lm, meta.text, meta.token_ids, meta.anchor_ids)[1])
+            memo[key] = torch.tensor(sens_mod.prefill_with_sensitivity(lm, rope_spec(lm.model), meta.text, meta.token_ids, meta.anchor_ids)[1])
         return memo[key]
     if depth is not None:
         key = (meta.skill, meta.version, "depth", depth)

@@ -54,7 +54,7 @@ def compile_skill(lm: LoadedModel, manifest: Manifest, values: dict[str, str] | 
     if total > lm.max_positions:
         raise ContextTooLong(f"skill {manifest.name}@{manifest.version} is {total} tokens with its anchor; {lm.name} allows {lm.max_positions}")
     n = len(anchor_ids)
-    layers, sens = prefill_recorded(lm, rendered.text, ids, anchor_ids, sensitivity)
+    layers, sens = prefill_recorded(lm, spec, rendered.text, ids, anchor_ids, sensitivity)
     fields = [FieldSpan(name, rendered.values[name], s, e) for name, s, e in char_spans_to_tokens(offsets, rendered.spans)]
     meta = ArtifactMeta(
         skill=manifest.name,

@@ -31,7 +31,7 @@ import torch
 from skillforge.model.forward import KV, grouped_scores, prefill, wrapped_attention
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import has_chat_template, system_anchor
-from skillforge.rope import RopeSpec, rope_spec
+from skillforge.rope import RopeSpec
 
 # the system text whose insertion before a skill sensitivity measures (or estimates); generic on
 # purpose (written for this, not taken from any eval set)
@@ -80,16 +80,17 @@ def sensitivity(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], offs
     return [round(x, 4) for x in score.tolist()]
 
 
-def prefill_recorded(lm: LoadedModel, text: str, ids: list[int], anchor: list[int], kind: str) -> tuple[KV, list[float]]:
+def prefill_recorded(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], anchor: list[int],
+                     kind: str) -> tuple[KV, list[float]]:
     """The skill's KV prefilled behind `anchor`, and its sensitivity of `kind` (module docstring)."""
     if kind == "estimate":
-        return prefill_with_sensitivity(lm, text, ids, anchor)
+        return prefill_with_sensitivity(lm, spec, text, ids, anchor)
     kv = prefill(lm.model, anchor + ids, start=len(anchor))
-    return kv, sensitivity(lm, rope_spec(lm.model), text, ids, len(anchor), kv)
+    return kv, sensitivity(lm, spec, text, ids, len(anchor), kv)
 
 
 @torch.no_grad()
-def prefill_with_sensitivity(lm: LoadedModel, text: str, ids: list[int], anchor: list[int],
+def prefill_with_sensitivity(lm: LoadedModel, spec: RopeSpec, text: str, ids: list[int], anchor: list[int],
                              lead: str = SENSITIVITY_LEAD) -> tuple[KV, list[float]]:
     """The compile's prefill of `anchor + ids` (the skill's KV, as `prefill` returns it) and, from that
     same forward, each skill token's estimated sensitivity to text inserted before the skill.
@@ -99,7 +100,6 @@ def prefill_with_sensitivity(lm: LoadedModel, text: str, ids: list[int], anchor:
     make: the attention share the lead would take (sigmoid of the two log-sum-exps) times the distance
     from the lead's attention-weighted values to the token's attention output, relative to the norm
     of the residual stream entering the layer; summed over layers."""
-    spec = rope_spec(lm.model)
     inserted, lead_kv = _inserted_kv(lm, spec, text, anchor, lead)
     n = len(anchor)
     score = torch.zeros(len(ids))
@@ -206,5 +206,5 @@ def _moved(query: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, k: torch.T
     total = p.sum(-1)
     share = torch.sigmoid(total.log() + top[..., 0] - lse.float())
     read = grouped_scores(p, v.transpose(1, 2).to(q.device)).div_(total[..., None])  # [heads, m, dv]
-    # in place on `read`, the one [heads, m, dv] temporary: these products are most of the estimate's cost
+    # in place on `read`, the one [heads, m, dv] temporary (these products run at every layer)
     return read.sub_(out).mul_(share[..., None]).square_().sum((0, 2)).sqrt_().nan_to_num_(0.0).cpu()

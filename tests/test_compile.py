@@ -81,7 +81,7 @@ def test_sensitivity_is_measured_or_estimated_from_the_compile_forward_alone(dem
     text = discover(skills_dir / "pirate-voice")[0].render().text
     ids = demo_lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     anchor = resolve_anchor(demo_lm.tokenizer, "template")
-    kv, estimate = sensitivity.prefill_with_sensitivity(demo_lm, text, ids, anchor)
+    kv, estimate = sensitivity.prefill_with_sensitivity(demo_lm, rope_spec(demo_lm.model), text, ids, anchor)
     plain = prefill(demo_lm.model, anchor + ids, start=len(anchor))
     assert all(torch.equal(k, pk) and torch.equal(v, pv) for (k, v), (pk, pv) in zip(kv, plain))
     measured = torch.tensor(sensitivity.sensitivity(demo_lm, rope_spec(demo_lm.model), text, ids, len(anchor), kv))

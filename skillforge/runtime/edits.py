@@ -38,6 +38,7 @@ from skillforge.model.forward import prefill
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import Prompt, char_spans_to_tokens, tokenize_with_offsets
 from skillforge.refs import parse_field_assignment
+from skillforge.rope import rope_spec
 from skillforge.runtime.splice import Resolved
 from skillforge.sensitivity import prefill_recorded
 
@@ -170,7 +171,7 @@ def _recompute(lm: LoadedModel, r: Resolved, rendered: Rendered) -> Resolved:
     if r.meta.sensitivity is None:
         kv = prefill(lm.model, anchor + ids, start=len(anchor))
     else:
-        kv, extra["sensitivity"] = prefill_recorded(lm, rendered.text, ids, anchor, r.meta.sensitivity_kind)
+        kv, extra["sensitivity"] = prefill_recorded(lm, rope_spec(lm.model), rendered.text, ids, anchor, r.meta.sensitivity_kind)
     meta = replace(r.meta, text=rendered.text, text_digest=rendered.digest, field_values=dict(rendered.values),
                    token_ids=ids, offset=len(anchor), fields=fields, extra=extra)
     return Resolved(meta, kv, None)
