@@ -34,16 +34,16 @@ class CompileOutcome:
         return self.__dict__.copy()
 
 
-def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any, store: Any, anchor: str = "template",
+def compile_manifests(lm: LoadedModel, manifests: list[Manifest], registry: Any, store: Any, anchor: str | list[int] = "template",
                       on_done: Callable[[CompileOutcome], None] | None = None, system: str = "",
                       sensitivity: str = "measured") -> list[CompileOutcome]:
-    """Compile every manifest not yet compiled for this model and anchor (behind `system`), recording
-    sensitivity of the kind given (compile.py); idempotent: an artifact already indexed is kept,
-    whatever kind it records."""
+    """Compile every manifest not yet compiled for this model and anchor (a name, explicit token ids,
+    or behind `system`), recording sensitivity of the kind given (compile.py); idempotent: an artifact
+    already indexed is kept, whatever kind it records."""
     from skillforge.artifact import anchor_digest
     from skillforge.errors import BadReference, NotFound
 
-    if system and check_anchor(anchor) != "template":
+    if system and (isinstance(anchor, list) or check_anchor(anchor) != "template"):
         raise BadReference("--system goes with the template anchor: a raw prompt has no system message to compile behind")
     anchor_ids = resolve_anchor(lm.tokenizer, anchor)
     store.clean_staging()

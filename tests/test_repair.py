@@ -191,3 +191,24 @@ def test_a_blend_cap_per_unseen_token_holds(rt: Runtime):
     result = rt.splice(ctx, repair=Repair(seam=4, blend=0.9, blend_per_unseen=1.0, min_blend=1))
     unseen = unseen_tokens(result.prompt, 0, rt.resolve("pirate-voice").meta.anchor_ids)
     assert 0 < unseen and 4 <= result.repaired <= 4 + unseen
+
+
+def test_variants_compiled_behind_the_tokens_before_each_skill_make_a_composition_exact(rt: Runtime, skills_dir: Path):
+    # what `serve --learn-after` compiles: each skill behind exactly the tokens a context puts before it
+    ctx = Context(skills=["json-contract", "pirate-voice"], system="Be brief.", user="Ahoy?")
+    first = rt.splice(ctx)
+    assert first.repaired > 0 and [m.skill for m, _ in first.missed] == ["json-contract", "pirate-voice"]
+    for (meta, before), (start, _) in zip(first.missed, first.prompt.skill_spans):
+        assert before == first.prompt.ids_before(start) != meta.anchor_ids
+        compile_manifests(rt.lm, [m for m in discover(skills_dir) if m.name == meta.skill], rt.registry, rt.store, anchor=before)
+    stale = first.artifacts
+    rt.release(first)
+    exact = rt.splice(ctx)
+    assert exact.repaired == 0 and not exact.missed and set(exact.artifacts).isdisjoint(stale)
+    full = run(rt.lm.model, torch.tensor([exact.prompt.ids]))
+    assert torch.allclose(rt.next_logits(exact), full, atol=1e-4)
+    # a reference pinned to a digest keeps its artifact; other contexts keep the compiled ones
+    pinned = rt.splice(replace(ctx, skills=[f"json-contract@{stale[0]}", "pirate-voice"]))
+    assert pinned.artifacts == [stale[0], exact.artifacts[1]] and [m.skill for m, _ in pinned.missed] == []
+    other = rt.splice(replace(ctx, system="Be very brief."))
+    assert other.artifacts == stale and len(other.missed) == 2

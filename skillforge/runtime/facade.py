@@ -20,10 +20,12 @@ import torch
 
 from skillforge import config
 from skillforge.model.loader import LoadedModel
-from skillforge.prompt import build_prompt
+from skillforge.artifact import ArtifactMeta
+from skillforge.prompt import Prompt, build_prompt
+from skillforge.refs import SkillRef
 from skillforge.runtime import decode
 from skillforge.runtime.cache import CachePool, SpliceCache
-from skillforge.runtime.edits import DEFAULT_ERRATUM, check_erratum_template, count_edit_tokens, plan_edits
+from skillforge.runtime.edits import DEFAULT_ERRATUM, EditPlan, check_erratum_template, count_edit_tokens, plan_edits
 from skillforge.runtime.hotcache import HotCache
 from skillforge.runtime.lookup import ArtifactLookup, check_fingerprint
 from skillforge.runtime.policies import splice_auto, splice_contrast
@@ -85,10 +87,26 @@ class Runtime:
         edit = plan_edits(self.lm, resolved, context.set, edit_mode, self.erratum)
         prompt = build_prompt(self.lm.tokenizer, context.system, edit.texts, context.user, context.raw, edit.errata,
                               context.history)
+        missed = self._exact_variants(context.skills, resolved, edit, prompt) if skills is None else []
         result, uncovered = self.core.assemble(prompt, edit.skills, repair, rotate, extra_capacity)
+        result.missed = missed
         result.edits = count_edit_tokens(edit, prompt, uncovered)
         result.splice_ms = (time.perf_counter() - t0) * 1000
         return result
+
+    def _exact_variants(self, refs: list[str], resolved: list[Resolved], edit: EditPlan, prompt: Prompt) -> list[tuple[ArtifactMeta, list[int]]]:
+        """Put in, for every skill the prompt holds as compiled (no edit) and not pinned to a digest, the
+        variant compiled behind exactly the tokens before it where the registry has one (lookup.behind).
+        -> the skills still spliced behind other tokens than precede them, with those tokens."""
+        missed = []
+        for i, (ref, r, (start, _)) in enumerate(zip(refs, resolved, prompt.skill_spans)):
+            if edit.skills[i] is not r or edit.texts[i] != r.meta.text or SkillRef.parse(ref).digest is not None:
+                continue
+            before = prompt.ids_before(start)
+            edit.skills[i] = self.lookup.behind(r, before)
+            if edit.skills[i].meta.anchor_ids != before:
+                missed.append((edit.skills[i].meta, before))
+        return missed
 
     def compute(self, cache: SpliceCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Forward the tokens at sorted `positions` against `cache` (see Splicer.compute)."""

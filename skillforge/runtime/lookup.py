@@ -65,6 +65,27 @@ class ArtifactLookup:
             row = find()
         if system and not raw and r.digest is None:
             row = self._behind_system(row, system)
+        return self._load(row)
+
+    def behind(self, resolved: Resolved, before: list[int]) -> Resolved:
+        """The same skill version compiled behind exactly `before` (the tokens that precede it in the
+        prompt) if the registry has it, else `resolved`: a variant compiled for this context (`serve
+        --learn-after`, `compile --system`) splices exactly there, with no repair. One indexed query
+        when the anchor differs."""
+        meta = resolved.meta
+        if meta.anchor_ids == before:
+            return resolved
+        try:
+            row = self.registry.find_artifact(meta.skill, self.lm.fingerprint.digest, version=meta.version,
+                                              anchor_digest=artifact.anchor_digest(before))
+        except NotFound:
+            return resolved
+        if row.meta.text_digest != meta.text_digest:  # not the text the prompt holds (other field values)
+            return resolved
+        return self._load(row)
+
+    def _load(self, row: Any) -> Resolved:
+        """An indexed artifact's metadata and KV, from the hot cache or read and checked (see resolve)."""
         hit = self.hot.get(row.digest)
         if hit is not None:
             return hit

@@ -65,6 +65,9 @@ class SpliceResult:
     # (splice, weight): streams decoded alongside this one, whose log-probabilities are added with
     # these weights at every step (edit mode contrast: the stale splice +1, the null erratum -1)
     guides: list[tuple["SpliceResult", float]] = field(default_factory=list)
+    # the unedited skills spliced behind other tokens than their artifact was compiled behind, with the
+    # tokens that precede them here: what a variant compiled behind them would splice exactly (serve --learn-after)
+    missed: list[tuple[ArtifactMeta, list[int]]] = field(default_factory=list)
 
 
 class Splicer:
