@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from skillforge.build import compile_manifests
 from skillforge.manifest import discover
+from skillforge.prompt import build_prompt
 from skillforge.registry import Registry
 from skillforge.runtime import Context, Runtime
 from skillforge.server.errors import classify
@@ -133,7 +134,11 @@ def python_api(rt: Runtime, ctx: Context, n: int = N, **kw: Any) -> dict[str, An
 
 def full_prefill(lm: Any, messages: list[dict], n: int = N) -> dict[str, Any]:
     text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return greedy_after(lm, lm.tokenizer(text, add_special_tokens=False)["input_ids"], n)
+
+
+def greedy_after(lm: Any, ids: list[int], n: int = N) -> dict[str, Any]:
+    """A plain greedy decode of `n` tokens after a full prefill of `ids`."""
     with torch.no_grad():
         out = lm.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                 max_new_tokens=n, do_sample=False)
@@ -308,6 +313,8 @@ def test_models_skills_health_and_metrics(setup):
     assert server.metric("skillforge_time_to_first_token_seconds_count", kind="skills") >= 1
     assert server.metric("skillforge_request_seconds_count") >= 1
     assert "skillforge_queue_depth 0.0" in server.get("/metrics")[1]
+    # repeated contexts compile nothing without --learn-after
+    assert server.metric("skillforge_variants_compiled_total") == 0 and len(by_id["pirate-voice@0.3.0"]["artifacts"]) == 1
 
 
 def open_stream(server: Server, n: int, **extra: Any) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
@@ -337,6 +344,30 @@ def wait_until(check, timeout: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+def test_learn_after_compiles_the_context_a_deployment_repeats_and_then_splices_it_exactly(tmp_path: Path, demo_lm,
+                                                                                          skills_dir: Path):
+    home, system, user = tmp_path / "learn-home", "Talk like a sailor.", "What is 2+2?"
+    registry, store = Registry(f"sqlite:///{home / 'index.sqlite'}"), LocalStore(home)
+    (manifest,) = [m for m in discover(skills_dir) if m.name == "pirate-voice"]
+    compiled = compile_manifests(demo_lm, [manifest], registry, store)[0].digest
+    server = Server(home, tmp_path / "learn.log", "--api-key", KEY, "--learn-after", "2")
+    try:
+        for _ in range(2):
+            got = chat(server.client(), msgs(user, system), skills=["pirate-voice"])
+            assert got["ext"]["artifacts"] == [compiled] and got["ext"]["tokens_repaired"] > 0
+        wait_until(lambda: server.metric("skillforge_variants_compiled_total") == 1, timeout=120)
+        exact = chat(server.client(), msgs(user, system), skills=["pirate-voice"])
+        other = chat(server.client(), msgs(user, "Be brief."), skills=["pirate-voice"])
+    finally:
+        server.stop()
+    (variant,) = [r for r in registry.list_artifacts(demo_lm.fingerprint.digest, "pirate-voice") if r.digest != compiled]
+    prompt = build_prompt(demo_lm.tokenizer, system, [manifest.render().text], user)
+    assert variant.meta.anchor_ids == prompt.ids_before(prompt.skill_spans[0][0])
+    assert exact["ext"]["artifacts"] == [variant.digest] and exact["ext"]["tokens_repaired"] == 0
+    assert exact["text"] == greedy_after(demo_lm, prompt.ids)["text"]
+    assert other["ext"]["artifacts"] == [compiled] and other["ext"]["tokens_repaired"] > 0  # another system text
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_place(setup):
@@ -448,3 +479,30 @@ def test_scheduler_bounds_cancels_survives_failures_and_drains():
     assert (after.done_steps, after.closed) == (3, 1)
     with pytest.raises(ServerBusy):
         sched.submit(FakeTask())
+
+
+def test_scheduler_does_background_work_only_while_no_request_waits_or_runs():
+    from skillforge.server.queue import Scheduler
+
+    gate, log = threading.Event(), []
+    chores = [lambda: log.append(("chore", sched.depth, sched.active)), lambda: 1 / 0, lambda: log.append(("last", 0, 0))]
+
+    def idle() -> bool:
+        if not chores:
+            return False
+        chores.pop(0)()
+        return True
+
+    sched = Scheduler(idle=idle)
+    task = FakeTask(gate=gate)
+    sched.submit(task)  # before the worker starts: the request goes first
+    sched.start()
+    wait_until(lambda: sched.depth == 0)
+    assert log == []  # held in the request's start(): no background work meanwhile
+    gate.set()
+    wait_until(lambda: not chores)  # a failing piece is logged; the worker goes on to the next
+    assert task.closed == 1 and log == [("chore", 0, 0), ("last", 0, 0)]
+    after = FakeTask()
+    sched.submit(after)
+    sched.close()
+    assert after.closed == 1

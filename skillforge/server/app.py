@@ -76,7 +76,7 @@ class _Observe:
 
 
 def create_app(engine: Engine, api_key: str | None = None, max_queue: int = 64, max_active: int = 16) -> FastAPI:
-    scheduler = Scheduler(max_queue, max_active)
+    scheduler = Scheduler(max_queue, max_active, idle=engine.learn)
     engine.metrics.watch(engine.rt, lambda: scheduler.depth, lambda: scheduler.active)
 
     @asynccontextmanager

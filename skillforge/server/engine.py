@@ -4,10 +4,18 @@ Everything here runs on the scheduler's worker thread (server/queue.py), the onl
 the model. A Generation builds its prompt's cache (a splice when the request names skills, else a
 full prefill of exactly the tokens `apply_chat_template` gives for its messages), then decodes one
 token per step and posts what happened as events, which the event loop turns into HTTP.
+
+With `learn_after` N > 0 (`serve --learn-after N`) the engine learns the contexts a deployment
+repeats: once N requests have spliced a skill behind the same tokens (a system text, the skills
+before it) other than those it was compiled behind, it compiles the skill behind exactly those
+tokens (build.compile_manifests) while the worker is idle, and indexes the variant in the registry.
+Every later splice there uses it (runtime/lookup.py: ArtifactLookup.behind) and is exact, with no
+repair. A variant costs one compile of the skill and an artifact as large as the skill's.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -15,7 +23,10 @@ from typing import Any, Callable
 
 import torch
 
+from skillforge.artifact import ArtifactMeta, anchor_digest
+from skillforge.build import compile_manifests
 from skillforge.errors import ContextTooLong
+from skillforge.manifest import Manifest
 from skillforge.model.forward import eos_ids, new_cache, run
 from skillforge.model.loader import LoadedModel
 from skillforge.runtime import Context, Repair, Runtime, SpliceResult
@@ -52,18 +63,53 @@ class Failed:
 
 Event = Started | Delta | Finished | Failed
 
+log = logging.getLogger("skillforge.server")
+SEEN_MAX = 4096  # (skill, version, tokens before it) counted before the counts start over
+
 
 class Engine:
     """Loaded once per process: the model, registry, store, hot cache and cache pool live as long as it."""
 
     def __init__(self, lm: LoadedModel, registry: Any, store: Any, name: str, metrics: Metrics | None = None,
-                 erratum: str | None = None):
+                 erratum: str | None = None, learn_after: int = 0):
         self.lm = lm
         self.name = name
         self.registry = registry
+        self.store = store
         self.rt = Runtime(lm, registry, store, erratum=erratum)
         self.metrics = metrics or Metrics()
         self.eos = eos_ids(lm.model, lm.tokenizer)
+        self.learn_after = learn_after
+        self._seen: dict[tuple[str, str, str], int] = {}  # (skill, version, anchor digest) -> splices there
+        self._to_learn: dict[tuple[str, str, str], tuple[ArtifactMeta, list[int]]] = {}
+
+    def note_missed(self, missed: list[tuple[ArtifactMeta, list[int]]]) -> None:
+        """Count the skills a splice placed behind other tokens than their artifact's; the N-th time
+        behind the same tokens queues a variant compiled behind them (module docstring)."""
+        if self.learn_after <= 0:
+            return
+        if len(self._seen) >= SEEN_MAX:
+            self._seen.clear()
+        for meta, before in missed:
+            key = (meta.skill, meta.version, anchor_digest(before))
+            self._seen[key] = self._seen.get(key, 0) + 1
+            if self._seen[key] == self.learn_after:
+                self._to_learn[key] = (meta, before)
+
+    def learn(self) -> bool:
+        """Compile one queued variant (the scheduler's idle work); False when none is queued."""
+        if not self._to_learn:
+            return False
+        meta, before = self._to_learn.pop(next(iter(self._to_learn)))
+        manifest = Manifest.from_dict(meta.extra["manifest"], source=f"{meta.skill}@{meta.version}")
+        if manifest.render().digest != meta.text_digest:  # compiled with other field values: not this text
+            log.warning("not learning %s@%s: its artifact holds other field values than the manifest's", meta.skill, meta.version)
+            return True
+        outcome = compile_manifests(self.lm, [manifest], self.registry, self.store, anchor=before)[0]
+        self.metrics.variants.inc()
+        log.info("learned %s@%s behind %d tokens it was spliced after %d times: %s", meta.skill, meta.version,
+                 len(before), self.learn_after, outcome.digest)
+        return True
 
     def skills(self) -> list[dict[str, Any]]:
         """What this model can splice: one entry per name@version, with its fields and artifacts."""
@@ -143,6 +189,7 @@ class Generation:
         repair = Repair.parse(None, req.repair) if req.repair else None
         budget = self.req.max_completion_tokens or self.req.max_tokens or 256
         self.result = r = rt.splice(ctx, repair=repair, edit_mode=req.edit_mode, extra_capacity=min(budget, 1024) + 1)
+        self.engine.note_missed(r.missed)
         self._budget(r.input_ids.shape[1])
         streams = streams_of(r)
         ext: dict[str, Any] = {"artifacts": r.artifacts, "tokens_reused": r.reused, "tokens_computed": r.computed,

@@ -46,6 +46,8 @@ class Metrics:
                                      ["source"], registry=r)
         self.completion_tokens = Counter("skillforge_completion_tokens", "Generated tokens", registry=r)
         self.cancelled = Counter("skillforge_requests_cancelled", "Requests whose client went away before the end", registry=r)
+        self.variants = Counter("skillforge_variants_compiled", "Skills compiled behind the tokens requests put before them (--learn-after)",
+                                registry=r)
 
     def watch(self, runtime: Any, queue_depth: Callable[[], int], active: Callable[[], int]) -> None:
         self.registry.register(_Live(runtime, queue_depth, active))

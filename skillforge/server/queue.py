@@ -13,6 +13,10 @@ Bounded twice: at most `max_active` requests hold a cache at once, and at most `
 behind them; one more is refused (ServerBusy, HTTP 503). A task that is cancelled (its client went
 away) leaves the queue at once, or, when active, is closed by the worker before its next step, so its
 cache goes back to the pool. close() stops taking tasks and returns once every accepted one is done.
+
+Background work (`idle`: compiling the variants `serve --learn-after` asks for) runs on the same
+worker, one piece at a time, only when no request waits or runs: a request that arrives meanwhile
+waits for that piece to end.
 """
 
 from __future__ import annotations
@@ -43,11 +47,14 @@ class Task(Protocol):
 
 
 class Scheduler:
-    def __init__(self, max_queue: int = 64, max_active: int = 16):
+    """`idle()` does one piece of background work and returns True, or False when there is none."""
+
+    def __init__(self, max_queue: int = 64, max_active: int = 16, idle: Callable[[], bool] | None = None):
         if max_queue < 0 or max_active < 1:
             raise ValueError("max_queue must be >= 0 and max_active >= 1")
         self.max_queue = max_queue
         self.max_active = max_active
+        self.idle = idle
         self._cond = threading.Condition()
         self._waiting: deque[Task] = deque()
         self._active: list[Task] = []
@@ -95,6 +102,10 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
+                busy, closing = bool(self._waiting or self._active), self._closing
+            if not busy and not closing and self._background():
+                continue  # one piece done: look at the queue again before the next
+            with self._cond:
                 while not self._waiting and not self._active and not self._closing:
                     self._cond.wait()
                 if not self._waiting and not self._active:
@@ -128,6 +139,17 @@ class Scheduler:
         if done:
             self._quietly(task.close)
         return not done
+
+    def _background(self) -> bool:
+        """One piece of `idle` work, outside the lock (submit never waits for it); True when it did
+        one. Its failure is logged and never stops the worker."""
+        if self.idle is None:
+            return False
+        try:
+            return self.idle()
+        except Exception:  # noqa: BLE001 - the worker outlives its background work
+            log.exception("background work in the model worker failed")
+            return True
 
     @staticmethod
     def _quietly(call: Callable[[], object]) -> None:
