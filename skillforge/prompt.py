@@ -55,8 +55,11 @@ class Prompt:
         return [i for i, (a, b) in enumerate(self.offsets) if a >= start and b <= end and b > a]
 
     def ids_before(self, start: int) -> list[int]:
-        """Ids of the tokens that end at or before character `start` (what a skill there follows)."""
-        return [self.ids[i] for i, (a, b) in enumerate(self.offsets) if b <= start and b > a]
+        """Ids of the tokens before character `start` (what a skill there follows): every token up to
+        the first that ends after it. A special token the tokenizer adds without characters (a raw
+        prompt's BOS, offsets (0, 0)) counts where it stands: it is part of what the skill follows."""
+        end = next((i for i, (_, b) in enumerate(self.offsets) if b > start), len(self.ids))
+        return self.ids[:end]
 
     def tokens_overlapping(self, start: int, end: int) -> list[int]:
         """Positions of tokens that share at least one character with [start, end)."""

@@ -50,11 +50,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def manifest(name: str, text: str) -> Manifest:
+    return Manifest.from_dict({"name": name, "version": "1.0.0", "description": "", "template": text, "fields": {}}, source="test")
+
+
 def skill(lm, name: str, text: str, cache: dict = {}) -> Resolved:  # noqa: B006 - one compile per session
     if name not in cache:
-        manifest = Manifest.from_dict({"name": name, "version": "1.0.0", "description": "", "template": text, "fields": {}},
-                                      source="test")
-        meta, kv = compile_skill(lm, manifest)
+        meta, kv = compile_skill(lm, manifest(name, text))
         cache[name] = Resolved(meta, kv, None)
     return cache[name]
 
@@ -118,6 +120,20 @@ def test_recomputing_what_cannot_be_reused_is_exact(gemma_lm, repair):
     assert result.repaired >= len(a.meta.token_ids) - 2 and result.reused <= 2
     diff = max_diff(rt, result, gemma_lm)
     assert diff < LOGIT_ATOL, f"recomputed splice differs from a full forward by {diff}"
+
+
+def test_a_skill_compiled_behind_exactly_what_precedes_it_in_a_raw_prompt_splices_exactly(gemma_lm):
+    """The tokens before a skill in a raw prompt start with BOS, which has no characters (offsets (0, 0)):
+    a variant compiled behind them (`serve --learn-after`; the sensitivity lead's prefill) must keep it."""
+    a = skill(gemma_lm, "short", SHORT)
+    rt = Runtime(gemma_lm)
+    ctx = Context(skills=["short"], system=SYSTEM, user=QUESTION, raw=True)
+    stale = rt.splice(ctx, skills=[a], repair=Repair(seam=0, blend=0))
+    before = stale.prompt.ids_before(stale.prompt.skill_spans[0][0])
+    assert before == raw_ids(gemma_lm, SYSTEM, SHORT)[: len(before)] and before[0] == gemma_lm.tokenizer.bos_token_id
+    meta, kv = compile_skill(gemma_lm, manifest("short", SHORT), anchor=before)
+    result = rt.splice(ctx, skills=[Resolved(meta, kv, None)], repair=Repair(seam=0, blend=0))
+    assert result.repaired == 0 and max_diff(rt, result, gemma_lm) < LOGIT_ATOL < max_diff(rt, stale, gemma_lm)
 
 
 def test_greedy_generation_from_spliced_cache_equals_full_prefill(gemma_lm):
