@@ -52,6 +52,7 @@ def sf(*args: str, home: Path) -> subprocess.CompletedProcess:
     (["show", "--", "refund-desk@1.0.0\n"], 3, "NotFound"),  # stripped, then looked up: nothing compiled here
     (["show", "refund-desk@1.0"], 2, "BadReference: invalid version '1.0'"),
     (["model", "pull", "one", "two"], 2, "unexpected extra argument"),
+    (["serve", "--model", "m", "--learn-after", "-1"], 2, "--learn-after must be 0 or more"),  # before any model loads
 ])
 def test_usage_and_reference_errors(args: list[str], code: int, expected: str, home: Path):
     done = sf(*args, home=home)

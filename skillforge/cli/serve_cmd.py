@@ -31,8 +31,10 @@ def register(app: typer.Typer) -> None:
         from skillforge.server.app import create_app
         from skillforge.server.engine import Engine
 
-        if max_queue < 0 or max_active < 1 or learn_after < 0:
-            raise BadInput("--max-queue and --learn-after must be 0 or more and --max-active 1 or more")
+        if max_queue < 0 or max_active < 1:
+            raise BadInput("--max-queue must be 0 or more and --max-active 1 or more")
+        if learn_after < 0:
+            raise BadInput("--learn-after must be 0 or more (0: never compile variants)")
         if not 0 < port < 65536:
             raise BadInput(f"--port {port} is not a TCP port (1-65535)")
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")  # the worker's tracebacks
