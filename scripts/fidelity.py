@@ -27,8 +27,9 @@ the default:
   k=v/k=v     the default repair with these Repair fields changed, e.g. min_blend=16/blend=0.1, or
               select=attention (blend by the user turn's attention in the spliced cache, no probe)
   NAME+k=v    variant NAME with these Repair fields changed, e.g. sensattn+select=attention/min_blend=16
-  system      (lone-system cases only) each skill compiled behind the case's own system text
-              (`compile --system`), spliced with the default repair: how often that makes a splice exact
+  learned     each skill compiled behind exactly the tokens the case puts before it (what `serve
+              --learn-after` compiles once a context recurs; `compile --system` for a lone skill),
+              spliced with the default repair: how often that makes a splice exact
   leadN       every skill that does not open the system turn compiled behind LEADS[N], a generic system
               text, instead of the bare anchor (Cache-Craft-style prefix variants), the default repair
   meanlead    the same with the mean of the K/V compiled behind every lead (keys rotated to one place)
@@ -522,28 +523,36 @@ def selector(select: Selector | None) -> Iterator[None]:
         splice_mod.select_repair = original
 
 
-def compiled_behind_system(lm: Any, cases: list, skills: str, memo: EvalMemo) -> dict:
-    """The lone-system cases, each with its skill compiled behind the case's system text."""
+def compiled_behind_context(lm: Any, cases: list, skills: str, memo: EvalMemo) -> dict:
+    """Every case with each skill compiled behind exactly the tokens the case puts before it: what
+    `serve --learn-after` compiles once a context recurs (and `compile --system` for a lone skill)."""
     from skillforge.compile import compile_skill
     from skillforge.eval import arms
     from skillforge.manifest import discover
-    from skillforge.prompt import system_anchor
+    from skillforge.prompt import build_prompt, has_chat_template
     from skillforge.runtime import Resolved
 
-    manifests = discover(Path(skills))
+    found = discover(Path(skills))
+    manifests = {m.name: m for m in found} | {m.ref: m for m in found}
     rows = []
     original = arms.compiled
-    for case in [c for c in cases if case_kind(c) == "lone-system"]:
-        def behind(lm_: Any, manifest: Any, anchor: str, memo_: EvalMemo, system: str = case.system) -> Resolved:
-            meta, kv = compile_skill(lm_, manifest, anchor=system_anchor(lm_.tokenizer, system, manifest.render().text))
+    for case in cases:
+        texts = [manifests[ref].render().text for ref in case.skills]
+        raw = case.raw or not has_chat_template(lm.tokenizer)  # run_eval's rule for a base model
+        prompt = build_prompt(lm.tokenizer, case.system, texts, case.user, raw, history=case.history)
+        before = {manifests[ref].name: prompt.ids_before(start) for ref, (start, _) in zip(case.skills, prompt.skill_spans)}
+
+        def behind(lm_: Any, manifest: Any, anchor: str, memo_: EvalMemo, before: dict = before) -> Resolved:
+            meta, kv = compile_skill(lm_, manifest, anchor=before[manifest.name])
             return Resolved(meta, kv, None)
         arms.compiled = behind
         try:
-            rows += run_eval(lm, [case], skills=manifests, memo=memo)["per_case"]
+            rows += run_eval(lm, [case], skills=found, memo=memo)["per_case"]
         finally:
             arms.compiled = original
     return {"cases": len(rows), "exact": sum(r["kl"] < 1e-4 for r in rows), "top1": sum(r["top1"] for r in rows),
-            "greedy16": sum(r["greedy16_match"] for r in rows), "repaired": sum(r["repaired"] for r in rows), "per_case": rows}
+            "greedy16": sum(r["greedy16_match"] for r in rows), "repaired": sum(r["repaired"] for r in rows),
+            "kl_max": max((r["kl"] for r in rows), default=0.0), "per_case": rows}
 
 
 # generic system texts for `leadN` / `meanlead` (written for this experiment, not taken from the corpus)
@@ -670,10 +679,10 @@ def main() -> None:
                 print(f"   {name} {k:12s} n={n:3d} top1 {sum(r['top1'] for r in g)/n:.3f} g16 {sum(r['greedy16_match'] for r in g)/n:.3f} "
                       f"kl {sum(r['kl'] for r in g)/n:.4f} max {max(r['kl'] for r in g):.4f} "
                       f"rec {sum(r['repaired'] for r in g)/max(1, sum(r['skill_tokens'] for r in g)):.3f}", flush=True)
-        elif name == "system":
-            doc = out["variants"][name] = compiled_behind_system(lm, cases, args.skills, memo)
-            print(f"\n== system: {doc['cases']} lone-system cases, exact (KL < 1e-4) {doc['exact']}, top1 {doc['top1']}, "
-                  f"greedy16 {doc['greedy16']}, repaired tokens {doc['repaired']}", flush=True)
+        elif name == "learned":
+            doc = out["variants"][name] = compiled_behind_context(lm, cases, args.skills, memo)
+            print(f"\n== learned: {doc['cases']} cases, exact (KL < 1e-4) {doc['exact']} (max KL {doc['kl_max']:.2e}), "
+                  f"top1 {doc['top1']}, greedy16 {doc['greedy16']}, repaired tokens {doc['repaired']}", flush=True)
         else:
             doc = out["variants"][name] = evaluate(lm, cases, name, args.skills, memo)
         if args.json:
