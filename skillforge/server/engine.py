@@ -64,7 +64,7 @@ class Failed:
 Event = Started | Delta | Finished | Failed
 
 log = logging.getLogger("skillforge.server")
-SEEN_MAX = 4096  # (skill, version, tokens before it) counted before the counts start over
+SEEN_MAX = 4096  # (skill, version, tokens before it) counted before the counts start over; variants queued at most
 
 
 class Engine:
@@ -93,7 +93,7 @@ class Engine:
         for meta, before in missed:
             key = (meta.skill, meta.version, anchor_digest(before))
             self._seen[key] = self._seen.get(key, 0) + 1
-            if self._seen[key] == self.learn_after:
+            if self._seen[key] == self.learn_after and len(self._to_learn) < SEEN_MAX:
                 self._to_learn[key] = (meta, before)
 
     def learn(self) -> bool:
@@ -106,9 +106,10 @@ class Engine:
             log.warning("not learning %s@%s: its artifact holds other field values than the manifest's", meta.skill, meta.version)
             return True
         outcome = compile_manifests(self.lm, [manifest], self.registry, self.store, anchor=before)[0]
-        self.metrics.variants.inc()
-        log.info("learned %s@%s behind %d tokens it was spliced after %d times: %s", meta.skill, meta.version,
-                 len(before), self.learn_after, outcome.digest)
+        if outcome.created:  # else another process compiled it first
+            self.metrics.variants.inc()
+            log.info("learned %s@%s behind the %d tokens it was spliced after %d times: %s", meta.skill, meta.version,
+                     len(before), self.learn_after, outcome.digest)
         return True
 
     def skills(self) -> list[dict[str, Any]]:
