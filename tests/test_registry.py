@@ -178,6 +178,11 @@ def test_anchor_and_digest_lookup(reg: Registry) -> None:
         reg.find_artifact("greet", FP_B, digest=anchored)
     with pytest.raises(NotFound, match="anchors"):
         reg.find_artifact("greet", FP_A, anchor_digest="0123456789abcdef")
+    # the splice's per-request check: the exact variant or None, never an error
+    version = reg.get_artifact(anchored).version
+    assert reg.variant("greet", FP_A, version, anchor_digest([7, 8])).digest == anchored
+    assert reg.variant("greet", FP_A, version, anchor_digest([7, 9])) is None
+    assert reg.variant("greet", FP_B, version, anchor_digest([7, 8])) is None
 
 
 def test_not_found_names_other_fingerprints(reg: Registry) -> None:

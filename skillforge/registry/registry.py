@@ -256,6 +256,20 @@ class Registry:
                     f"{_short(fingerprint)}; run `skillforge compile {name}@{row.version}` for this model"
                 )
             return row
+        hit = self._newest(name, fingerprint, version, anchor_digest)
+        if hit is not None:
+            return hit
+        rows = self.list_artifacts(name=name)
+        wanted = [r for r in rows if version is None or r.version == version]
+        raise NotFound(self._not_found_message(ref, name, fingerprint, version, anchor_digest, rows, wanted))
+
+    def variant(self, name: str, fingerprint: str, version: str, anchor_digest: str) -> ArtifactRow | None:
+        """The artifact of name@version for this model compiled behind exactly this anchor, or None. For
+        the splice's per-request check (runtime/lookup.py), where a miss is the common case: one query,
+        no message built."""
+        return self._newest(name, fingerprint, version, anchor_digest)
+
+    def _newest(self, name: str, fingerprint: str, version: str | None, anchor_digest: str | None) -> ArtifactRow | None:
         query = select(Artifact).where(Artifact.name == name, Artifact.fingerprint == fingerprint)
         if version is not None:
             query = query.where(Artifact.version == version)
@@ -263,11 +277,7 @@ class Registry:
             query = query.where(Artifact.anchor_digest == anchor_digest)
         with self._session() as s:
             hits = [ArtifactRow.from_model(a) for a in s.scalars(query)]
-        if hits:
-            return max(hits, key=lambda r: (version_key(r.version), r.created))
-        rows = self.list_artifacts(name=name)
-        wanted = [r for r in rows if version is None or r.version == version]
-        raise NotFound(self._not_found_message(ref, name, fingerprint, version, anchor_digest, rows, wanted))
+        return max(hits, key=lambda r: (version_key(r.version), r.created)) if hits else None
 
     def _not_found_message(self, ref: str, name: str, fingerprint: str, version: str | None,
                            anchor_digest: str | None, rows: list[ArtifactRow], wanted: list[ArtifactRow]) -> str:

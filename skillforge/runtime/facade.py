@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from skillforge import config
-from skillforge.model.loader import LoadedModel
 from skillforge.artifact import ArtifactMeta
+from skillforge.model.loader import LoadedModel
 from skillforge.prompt import Prompt, build_prompt
 from skillforge.refs import SkillRef
 from skillforge.runtime import decode

@@ -75,12 +75,8 @@ class ArtifactLookup:
         meta = resolved.meta
         if meta.anchor_ids == before:
             return resolved
-        try:
-            row = self.registry.find_artifact(meta.skill, self.lm.fingerprint.digest, version=meta.version,
-                                              anchor_digest=artifact.anchor_digest(before))
-        except NotFound:
-            return resolved
-        if row.meta.text_digest != meta.text_digest:  # not the text the prompt holds (other field values)
+        row = self.registry.variant(meta.skill, self.lm.fingerprint.digest, meta.version, artifact.anchor_digest(before))
+        if row is None or row.meta.text_digest != meta.text_digest:  # none, or not the text the prompt holds
             return resolved
         return self._load(row)
 
