@@ -346,28 +346,38 @@ def wait_until(check, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def test_learn_after_compiles_the_context_a_deployment_repeats_and_then_splices_it_exactly(tmp_path: Path, demo_lm,
-                                                                                          skills_dir: Path):
+def test_learn_after_compiles_the_contexts_a_deployment_repeats_and_then_splices_them_exactly(tmp_path: Path, demo_lm,
+                                                                                             skills_dir: Path):
+    """Two requests with the same system text and skills: each skill gets a variant behind exactly what
+    precedes it, and the second skill one behind the system text alone. The third request is exact,
+    and so is the second skill alone after that system text, which no request had sent."""
     home, system, user = tmp_path / "learn-home", "Talk like a sailor.", "What is 2+2?"
     registry, store = Registry(f"sqlite:///{home / 'index.sqlite'}"), LocalStore(home)
-    (manifest,) = [m for m in discover(skills_dir) if m.name == "pirate-voice"]
-    compiled = compile_manifests(demo_lm, [manifest], registry, store)[0].digest
+    manifests = [m for m in discover(skills_dir) if m.name in ("code-review", "pirate-voice")]
+    compiled = {o.name: o.digest for o in compile_manifests(demo_lm, manifests, registry, store)}
+    both = ["code-review", "pirate-voice"]
     server = Server(home, tmp_path / "learn.log", "--api-key", KEY, "--learn-after", "2")
     try:
         for _ in range(2):
-            got = chat(server.client(), msgs(user, system), skills=["pirate-voice"])
-            assert got["ext"]["artifacts"] == [compiled] and got["ext"]["tokens_repaired"] > 0
-        wait_until(lambda: server.metric("skillforge_variants_compiled_total") == 1, timeout=120)
-        exact = chat(server.client(), msgs(user, system), skills=["pirate-voice"])
+            got = chat(server.client(), msgs(user, system), skills=both)
+            assert got["ext"]["artifacts"] == [compiled[n] for n in both] and got["ext"]["tokens_repaired"] > 0
+        wait_until(lambda: server.metric("skillforge_variants_compiled_total") == 3, timeout=120)
+        exact = chat(server.client(), msgs(user, system), skills=both)
+        alone = chat(server.client(), msgs(user, system), skills=["pirate-voice"])
         other = chat(server.client(), msgs(user, "Be brief."), skills=["pirate-voice"])
     finally:
         server.stop()
-    (variant,) = [r for r in registry.list_artifacts(demo_lm.fingerprint.digest, "pirate-voice") if r.digest != compiled]
-    prompt = build_prompt(demo_lm.tokenizer, system, [manifest.render().text], user)
-    assert variant.meta.anchor_ids == prompt.ids_before(prompt.skill_spans[0][0])
-    assert exact["ext"]["artifacts"] == [variant.digest] and exact["ext"]["tokens_repaired"] == 0
-    assert exact["text"] == greedy_after(demo_lm, prompt.ids)["text"]
-    assert other["ext"]["artifacts"] == [compiled] and other["ext"]["tokens_repaired"] > 0  # another system text
+    variants = {(r.name, len(r.meta.anchor_ids)): r.digest for r in registry.list_artifacts(demo_lm.fingerprint.digest)
+                if r.digest not in compiled.values()}
+    assert len(variants) == 3
+    texts = {m.name: m.render().text for m in manifests}
+    prompt = build_prompt(demo_lm.tokenizer, system, [texts[n] for n in both], user)
+    assert exact["ext"]["tokens_repaired"] == 0 and exact["text"] == greedy_after(demo_lm, prompt.ids)["text"]
+    assert exact["ext"]["artifacts"] == [variants[(n, len(prompt.ids_before(s)))] for n, (s, _) in zip(both, prompt.skill_spans)]
+    prompt = build_prompt(demo_lm.tokenizer, system, [texts["pirate-voice"]], user)
+    assert alone["ext"]["artifacts"] == [variants[("pirate-voice", len(prompt.ids_before(prompt.skill_spans[0][0])))]]
+    assert alone["ext"]["tokens_repaired"] == 0 and alone["text"] == greedy_after(demo_lm, prompt.ids)["text"]
+    assert other["ext"]["artifacts"] == [compiled["pirate-voice"]] and other["ext"]["tokens_repaired"] > 0  # another system text
 
 
 def test_a_client_that_disconnects_mid_stream_frees_its_place(setup):
