@@ -30,6 +30,8 @@ the default:
   learned     each skill compiled behind exactly the tokens the case puts before it (what `serve
               --learn-after` compiles once a context recurs; `compile --system` for a lone skill),
               spliced with the default repair: how often that makes a splice exact
+  sysall      the cases with a system text, each skill compiled behind that text alone (`compile
+              --system` for a deployment's fixed system text), the default repair
   leadN       every skill that does not open the system turn compiled behind LEADS[N], a generic system
               text, instead of the bare anchor (Cache-Craft-style prefix variants), the default repair
   meanlead    the same with the mean of the K/V compiled behind every lead (keys rotated to one place)
@@ -71,7 +73,7 @@ import torch
 from skillforge import compile as compile_mod, sensitivity as sens_mod
 from skillforge.sensitivity import SENSITIVITY_LEAD
 from skillforge.eval import EvalMemo, load_cases, run_eval
-from skillforge.eval.run import case_kind
+from skillforge.eval.run import by_kind, case_kind
 from skillforge.model.forward import grouped_scores, prefill, wrapped_attention
 from skillforge.model.loader import load_model
 from skillforge.rope import rope_spec
@@ -523,24 +525,29 @@ def selector(select: Selector | None) -> Iterator[None]:
         splice_mod.select_repair = original
 
 
-def compiled_behind_context(lm: Any, cases: list, skills: str, memo: EvalMemo) -> dict:
+def compiled_behind_context(lm: Any, cases: list, skills: str, memo: EvalMemo, system_only: bool = False) -> dict:
     """Every case with each skill compiled behind exactly the tokens the case puts before it: what
-    `serve --learn-after` compiles once a context recurs (and `compile --system` for a lone skill)."""
+    `serve --learn-after` compiles once a context recurs (and `compile --system` for a lone skill).
+    `system_only`: the cases with a system text, each skill compiled behind that text alone (`compile
+    --system` for a deployment's fixed system text), so a skill after others is repaired for those."""
     from skillforge.compile import compile_skill
     from skillforge.eval import arms
     from skillforge.manifest import discover
-    from skillforge.prompt import build_prompt, has_chat_template
+    from skillforge.prompt import build_prompt, has_chat_template, system_anchor
     from skillforge.runtime import Resolved
 
     found = discover(Path(skills))
     manifests = {m.name: m for m in found} | {m.ref: m for m in found}
     rows = []
     original = arms.compiled
-    for case in cases:
+    for case in [c for c in cases if c.system or not system_only]:
         texts = [manifests[ref].render().text for ref in case.skills]
         raw = case.raw or not has_chat_template(lm.tokenizer)  # run_eval's rule for a base model
         prompt = build_prompt(lm.tokenizer, case.system, texts, case.user, raw, history=case.history)
-        before = {manifests[ref].name: prompt.ids_before(start) for ref, (start, _) in zip(case.skills, prompt.skill_spans)}
+        if system_only:
+            before = {manifests[ref].name: system_anchor(lm.tokenizer, case.system, text, raw) for ref, text in zip(case.skills, texts)}
+        else:
+            before = {manifests[ref].name: prompt.ids_before(start) for ref, (start, _) in zip(case.skills, prompt.skill_spans)}
 
         def behind(lm_: Any, manifest: Any, anchor: str, memo_: EvalMemo, before: dict = before) -> Resolved:
             meta, kv = compile_skill(lm_, manifest, anchor=before[manifest.name])
@@ -679,10 +686,13 @@ def main() -> None:
                 print(f"   {name} {k:12s} n={n:3d} top1 {sum(r['top1'] for r in g)/n:.3f} g16 {sum(r['greedy16_match'] for r in g)/n:.3f} "
                       f"kl {sum(r['kl'] for r in g)/n:.4f} max {max(r['kl'] for r in g):.4f} "
                       f"rec {sum(r['repaired'] for r in g)/max(1, sum(r['skill_tokens'] for r in g)):.3f}", flush=True)
-        elif name == "learned":
-            doc = out["variants"][name] = compiled_behind_context(lm, cases, args.skills, memo)
-            print(f"\n== learned: {doc['cases']} cases, exact (KL < 1e-4) {doc['exact']} (max KL {doc['kl_max']:.2e}), "
+        elif name == "learned" or name == "sysall":
+            doc = out["variants"][name] = compiled_behind_context(lm, cases, args.skills, memo, system_only=name == "sysall")
+            print(f"\n== {name}: {doc['cases']} cases, exact (KL < 1e-4) {doc['exact']} (max KL {doc['kl_max']:.2e}), "
                   f"top1 {doc['top1']}, greedy16 {doc['greedy16']}, repaired tokens {doc['repaired']}", flush=True)
+            for k, g in by_kind(doc["per_case"]).items():
+                print(f"   {k:12s} n={g['cases']:3d} top1 {g['top1_agreement']:.3f} g16 {g['greedy16_match']:.3f} "
+                      f"kl {g['kl_mean']:.4f} max {g['kl_max']:.4f} rec {g['skill_recompute_fraction'] or 0:.3f}", flush=True)
         else:
             doc = out["variants"][name] = evaluate(lm, cases, name, args.skills, memo)
         if args.json:
