@@ -543,10 +543,10 @@ def compiled_behind_context(lm: Any, cases: list, skills: str, memo: EvalMemo, s
     for case in [c for c in cases if c.system or not system_only]:
         texts = [manifests[ref].render().text for ref in case.skills]
         raw = case.raw or not has_chat_template(lm.tokenizer)  # run_eval's rule for a base model
-        prompt = build_prompt(lm.tokenizer, case.system, texts, case.user, raw, history=case.history)
         if system_only:
             before = {manifests[ref].name: system_anchor(lm.tokenizer, case.system, text, raw) for ref, text in zip(case.skills, texts)}
         else:
+            prompt = build_prompt(lm.tokenizer, case.system, texts, case.user, raw, history=case.history)
             before = {manifests[ref].name: prompt.ids_before(start) for ref, (start, _) in zip(case.skills, prompt.skill_spans)}
 
         def behind(lm_: Any, manifest: Any, anchor: str, memo_: EvalMemo, before: dict = before) -> Resolved:
@@ -648,10 +648,15 @@ def evaluate(lm: Any, cases: list, name: str, skills: str, memo: EvalMemo) -> di
         doc = run_eval(lm, cases, repair=rep, skills=skills, memo=memo, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"\n== {name}: top1 {doc['top1_agreement']:.3f} greedy16 {doc['greedy16_match']:.3f} kl {doc['kl_mean']:.4f} "
           f"max {doc['kl_max']:.4f} recomputed {doc['skill_recompute_fraction']:.3f}", flush=True)
-    for k, g in doc["by_kind"].items():
+    print_kinds(doc["by_kind"])
+    return doc
+
+
+def print_kinds(groups: dict[str, dict]) -> None:
+    """One line per kind of context (skillforge.eval.run.by_kind's aggregates)."""
+    for k, g in groups.items():
         print(f"   {k:12s} n={g['cases']:3d} top1 {g['top1_agreement']:.3f} g16 {g['greedy16_match']:.3f} "
               f"kl {g['kl_mean']:.4f} max {g['kl_max']:.4f} rec {g['skill_recompute_fraction'] or 0:.3f}", flush=True)
-    return doc
 
 
 def main() -> None:
@@ -690,9 +695,7 @@ def main() -> None:
             doc = out["variants"][name] = compiled_behind_context(lm, cases, args.skills, memo, system_only=name == "sysall")
             print(f"\n== {name}: {doc['cases']} cases, exact (KL < 1e-4) {doc['exact']} (max KL {doc['kl_max']:.2e}), "
                   f"top1 {doc['top1']}, greedy16 {doc['greedy16']}, repaired tokens {doc['repaired']}", flush=True)
-            for k, g in by_kind(doc["per_case"]).items():
-                print(f"   {k:12s} n={g['cases']:3d} top1 {g['top1_agreement']:.3f} g16 {g['greedy16_match']:.3f} "
-                      f"kl {g['kl_mean']:.4f} max {g['kl_max']:.4f} rec {g['skill_recompute_fraction'] or 0:.3f}", flush=True)
+            print_kinds(by_kind(doc["per_case"]))
         else:
             doc = out["variants"][name] = evaluate(lm, cases, name, args.skills, memo)
         if args.json:
