@@ -69,7 +69,7 @@ class Failed:
 Event = Started | Delta | Finished | Failed
 
 log = logging.getLogger("skillforge.server")
-SEEN_MAX = 4096  # (skill, version, tokens before it) counted before the counts start over; variants queued at most
+SEEN_MAX = 4096  # contexts counted before the counts start over; variants queued at most
 
 
 class Engine:
@@ -80,48 +80,49 @@ class Engine:
         self.lm = lm
         self.name = name
         self.registry = registry
-        self.store = store
         self.rt = Runtime(lm, registry, store, erratum=erratum)
         self.metrics = metrics or Metrics()
         self.eos = eos_ids(lm.model, lm.tokenizer)
         self.learn_after = learn_after
-        self._seen: dict[tuple[str, str, str], int] = {}  # (skill, version, anchor digest) -> splices there
-        self._to_learn: dict[tuple[str, str, str], tuple[ArtifactMeta, list[int]]] = {}
+        # (skill, version, "tokens", anchor digest) or (skill, version, "system", text) -> splices there
+        self._seen: dict[tuple[str, str, str, str], int] = {}
+        self._to_learn: dict[tuple[str, str, str, str], tuple[ArtifactMeta, list[int] | str]] = {}  # -> behind what
 
     def note_missed(self, missed: list[tuple[ArtifactMeta, list[int]]], system: str) -> None:
         """Count the skills a splice placed behind other tokens than their artifact's, by those tokens
         and by the `system` text before them; the N-th time queues a variant compiled behind them
-        (module docstring)."""
+        (module docstring). Nothing is tokenized here: this runs on every request."""
         if self.learn_after <= 0:
             return
         if len(self._seen) >= SEEN_MAX:
             self._seen.clear()
         for meta, before in missed:
-            anchors = [before]
+            self._count((meta.skill, meta.version, "tokens", anchor_digest(before)), meta, before)
             if system:
-                after_system = system_anchor(self.lm.tokenizer, system, meta.text)
-                if after_system not in (before, meta.anchor_ids):
-                    anchors.append(after_system)
-            for ids in anchors:
-                key = (meta.skill, meta.version, anchor_digest(ids))
-                self._seen[key] = self._seen.get(key, 0) + 1
-                if self._seen[key] == self.learn_after and len(self._to_learn) < SEEN_MAX:
-                    self._to_learn[key] = (meta, ids)
+                self._count((meta.skill, meta.version, "system", system), meta, system)
+
+    def _count(self, key: tuple[str, str, str, str], meta: ArtifactMeta, behind: list[int] | str) -> None:
+        self._seen[key] = self._seen.get(key, 0) + 1
+        if self._seen[key] == self.learn_after and len(self._to_learn) < SEEN_MAX:
+            self._to_learn[key] = (meta, behind)
 
     def learn(self) -> bool:
-        """Compile one queued variant (the scheduler's idle work); False when none is queued."""
+        """Compile one queued variant (the scheduler's idle work), behind the tokens or the system text
+        queued; False when none is queued. One that exists already (a skill first after the system
+        text has its exact variant behind that text's tokens) is found, not compiled again."""
         if not self._to_learn:
             return False
-        meta, before = self._to_learn.pop(next(iter(self._to_learn)))
+        meta, behind = self._to_learn.pop(next(iter(self._to_learn)))
         manifest = Manifest.from_dict(meta.extra["manifest"], source=f"{meta.skill}@{meta.version}")
         if manifest.render().digest != meta.text_digest:  # compiled with other field values: not this text
             log.warning("not learning %s@%s: its artifact holds other field values than the manifest's", meta.skill, meta.version)
             return True
-        outcome = compile_manifests(self.lm, [manifest], self.registry, self.store, anchor=before)[0]
-        if outcome.created:  # else another process compiled it first
+        anchor = system_anchor(self.lm.tokenizer, behind, meta.text) if isinstance(behind, str) else behind
+        outcome = compile_manifests(self.lm, [manifest], self.registry, self.rt.store, anchor=anchor)[0]
+        if outcome.created:  # else it existed (compiled here or by another process)
             self.metrics.variants.inc()
             log.info("learned %s@%s behind the %d tokens it followed %d times: %s", meta.skill, meta.version,
-                     len(before), self.learn_after, outcome.digest)
+                     len(anchor), self.learn_after, outcome.digest)
         return True
 
     def skills(self) -> list[dict[str, Any]]:
