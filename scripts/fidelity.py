@@ -385,7 +385,7 @@ def second_round(threshold: float) -> Selector:
         idx = torch.tensor([p for positions in how.spans for p in positions[repair.seam :] if p not in chosen])
         if not idx.numel():
             return chosen
-        score = repair_mod._sensitivity(resolved, reuse)[idx] * read[idx]
+        score = repair_mod.sensitivity_at(resolved, reuse)[idx] * read[idx]
         return chosen | set(idx[score.topk(min(how.budget, idx.numel())).indices].tolist())
     return select
 
@@ -453,6 +453,121 @@ def ape_queries(temperature: float, scale: float, after_skills: bool = False) ->
         splice_mod.Splicer.assemble, splice_mod.Splicer.compute, decode_mod.Decoder.advance = assemble, compute, advance
 
 
+@contextmanager
+def shift_stale(mode: str) -> Iterator[None]:
+    """EXPERIMENT: before the splice's last pass, every stale token (reused, not recomputed) of a skill
+    that missed text gets its skill's mean K/V deviation added (keys un-rotated to position 0 to average,
+    rotated back to each slot). `oracle`: the mean from a full prefill."""
+    state: dict[str, Any] = {}
+    assemble, compute = splice_mod.Splicer.assemble, splice_mod.Splicer.compute
+
+    def assemble_(self, prompt, skills, *a, **k):
+        spans = []
+        for i, (r, (cs, ce)) in enumerate(zip(skills, prompt.skill_spans)):
+            if repair_mod.unseen_tokens(prompt, i, r.meta.anchor_ids):
+                spans.append(torch.tensor(prompt.tokens_within(cs, ce)))
+        sens = torch.zeros(len(prompt.ids))
+        for i, (r, (cs, ce)) in enumerate(zip(skills, prompt.skill_spans)):
+            pos = prompt.tokens_within(cs, ce)
+            if r.meta.sensitivity is None:
+                continue
+            for b in splice_mod.align(r.meta.token_ids, [prompt.ids[p] for p in pos]):
+                sens[pos[0] + b.ctx_start : pos[0] + b.ctx_start + b.length] = torch.tensor(r.meta.sensitivity[b.art_start : b.art_start + b.length])
+        state.update(prompt=prompt, spans=spans, sens=sens, pre=None)
+        return assemble(self, prompt, skills, *a, **k)
+
+    @torch.no_grad()
+    def compute_(self, cache, ids, positions, observe=None):
+        if state["pre"] is None and state["spans"]:  # the spliced (stale) K/V, before any pass writes
+            allpos = torch.cat(state["spans"])
+            state["pre"] = (allpos, [(l.keys[0][:, allpos].float().clone(), l.values[0][:, allpos].float().clone()) for l in cache.layers])
+        if observe is None and state["spans"] and not mode.startswith("oracle"):
+            return estimated(self, cache, ids, positions)
+        if observe is None and state["spans"]:
+            prompt = state["prompt"]
+            kv = prefill(self.lm.model, prompt.ids)
+            done = torch.zeros(len(prompt.ids), dtype=torch.bool)
+            done[positions] = True
+            for span in state["spans"]:
+                stale = span[~done[span]]
+                if not stale.numel():
+                    continue
+                zero = torch.zeros_like(stale)
+                for layer, (k, v) in enumerate(kv):
+                    ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
+                    dk = k[:, stale].float() - ck[:, stale].float()
+                    dv = v[:, stale].float() - cv[:, stale].float()
+                    cos, sin = self.rope.angle_delta(layer, stale, zero, wide=True)
+                    mk = self.rope.shift(layer, dk, cos, sin).mean(1, keepdim=True).expand_as(dk)
+                    cos, sin = self.rope.angle_delta(layer, zero, stale, wide=True)
+                    if mode != "oraclev":
+                        ck[:, stale] += self.rope.shift(layer, mk.contiguous(), cos, sin).to(ck.dtype)
+                    if mode != "oraclek":
+                        cv[:, stale] += dv.mean(1, keepdim=True).to(cv.dtype)
+        return compute(self, cache, ids, positions, observe)
+
+    kind, _, factor = mode.partition("_")
+    values_only = kind.endswith("v")
+    kind = kind.removesuffix("v")
+    alpha = float(factor or 1)
+
+    def estimated(self, cache, ids, positions):
+        done = torch.zeros(len(state["prompt"].ids), dtype=torch.bool)
+        done[positions] = True
+        groups = []
+        extra = []
+        for span in state["spans"]:
+            body = span[16:] if kind == "chosennoseam" else span
+            chosen, stale = body[done[body]], span[~done[span]]
+            if kind == "sample":  # a uniform sample of the stale tokens, computed only to estimate the mean
+                step = max(1, round(1 / (alpha / 100)))
+                chosen, stale = stale[step // 2 :: step], stale[[i for i in range(stale.numel()) if (i - step // 2) % step]]
+                extra.append(chosen)
+            if chosen.numel() and stale.numel():
+                if kind in ("true", "ratio", "prop"):
+                    allpos, pre = state["pre"]
+                    where = torch.tensor([(allpos == p).nonzero()[0, 0].item() for p in chosen.tolist()])
+                    saved = [(k[:, where], v[:, where]) for k, v in pre]
+                else:
+                    saved = [(l.keys[0][:, chosen].float().clone(), l.values[0][:, chosen].float().clone()) for l in cache.layers]
+                sc, ss = state["sens"][chosen], state["sens"][stale]
+                if kind == "ratio":
+                    weight = torch.full((stale.numel(),), float(ss.mean() / sc.mean().clamp_min(1e-12)))
+                elif kind == "prop":
+                    weight = ss * chosen.numel() / sc.sum().clamp_min(1e-12)
+                else:
+                    weight = torch.ones(stale.numel())
+                groups.append((chosen, stale, saved, weight[None, :, None]))
+
+        if extra:
+            positions = torch.cat([positions, *extra]).unique()
+        scale = 1.0 if kind == "sample" else alpha
+
+        def wrap(original):
+            def attention(module, query, key, value, mask, **kw):
+                layer = module.layer_idx
+                ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
+                for chosen, stale, saved, weight in groups:
+                    sk, sv = saved[layer]
+                    dk = ck[:, chosen].float() - sk
+                    cos, sin = self.rope.angle_delta(layer, chosen, torch.zeros_like(chosen), wide=True)
+                    mk = self.rope.shift(layer, dk, cos, sin).mean(1, keepdim=True).expand(-1, stale.numel(), -1).contiguous()
+                    cos, sin = self.rope.angle_delta(layer, torch.zeros_like(stale), stale, wide=True)
+                    if not values_only:
+                        ck[:, stale] += (scale * weight * self.rope.shift(layer, mk, cos, sin)).to(ck.dtype)
+                    cv[:, stale] += (scale * weight * (cv[:, chosen].float() - sv).mean(1, keepdim=True)).to(cv.dtype)
+                return original(module, query, key, value, mask, **kw)
+            return attention
+
+        return compute(self, cache, ids, positions, wrap)
+
+    splice_mod.Splicer.assemble, splice_mod.Splicer.compute = assemble_, compute_
+    try:
+        yield
+    finally:
+        splice_mod.Splicer.assemble, splice_mod.Splicer.compute = assemble, compute
+
+
 def variant(name: str) -> tuple[Repair, Selector | None]:
     if "+" in name:  # a selector with Repair fields changed, e.g. sensattn+select=attention/min_blend=16
         name, fields = name.split("+", 1)
@@ -498,6 +613,7 @@ def variant(name: str) -> tuple[Repair, Selector | None]:
         fields = dict(part.split("=", 1) for part in name.split("/"))
         base = Repair()
         cast = {k: int if getattr(base, k) is None else type(getattr(base, k)) for k in fields}  # probe_layer: None -> int
+        cast.update({k: lambda v: v.lower() in ("1", "true") for k in fields if cast[k] is bool})  # bool("False") is True
         return Repair(**{k: cast[k](v) for k, v in fields.items()}), None
     probe = re.fullmatch(r"probe(\d+)", name)
     if probe:
@@ -643,8 +759,10 @@ def subset(cases: list, no_long: bool, sample: int | None, seed: int, kinds: str
 def evaluate(lm: Any, cases: list, name: str, skills: str, memo: EvalMemo) -> dict:
     """One selector variant over the cases; prints its per-kind table."""
     m = re.fullmatch(r"ape(c?)([\d.]+)_([\d.]+)", name)
-    rep, select = variant("default" if m else name)
-    with selector(select), (ape_queries(float(m.group(2)), float(m.group(3)), m.group(1) == "c") if m else nullcontext()):
+    shift = name.startswith("shift")
+    rep, select = variant("default" if m or shift else name)
+    with selector(select), (ape_queries(float(m.group(2)), float(m.group(3)), m.group(1) == "c") if m else nullcontext()), \
+            (shift_stale(name[5:]) if shift else nullcontext()):
         doc = run_eval(lm, cases, repair=rep, skills=skills, memo=memo, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"\n== {name}: top1 {doc['top1_agreement']:.3f} greedy16 {doc['greedy16_match']:.3f} kl {doc['kl_mean']:.4f} "
           f"max {doc['kl_max']:.4f} recomputed {doc['skill_recompute_fraction']:.3f}", flush=True)

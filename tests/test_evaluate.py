@@ -192,7 +192,11 @@ def test_eval_end_to_end_on_tiny_model(tiny):
     # the field's tokens and the erratum line (on this short test skill the erratum is about the skill's size)
     assert edit["tokens_computed"] > 0 and doc["edits"]["computed_fraction"] > 0
     assert math.isfinite(edit["recovery"]) and edit["kl_full"] >= 0 and "kl_full_mean" in doc["edits"]
-    assert (edit["decision"] is not None) == edit["oracle_flips"] and "decision_recovery_mean" in doc["edits"]
+    # a decision only where the oracle's first word differs from the stale splice's, and then only where
+    # both words are single tokens of this tokenizer (a random model's words often are not)
+    assert edit["oracle_flips"] or edit["decision"] is None
+    assert edit["decision"] is None or set(edit["decision"]["answers"]) == {edit["first_word"]["oracle"], edit["first_word"]["stale"]}
+    assert "decision_recovery_mean" in doc["edits"]
     json.dumps(doc)  # the contract is plain JSON
     assert "one" in format_eval(doc) and "edits (field+erratum)" in format_eval(doc)
 

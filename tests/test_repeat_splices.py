@@ -17,7 +17,7 @@ from skillforge.build import compile_manifests
 from skillforge.errors import CorruptBlob
 from skillforge.manifest import discover
 from skillforge.registry import Registry
-from skillforge.runtime import Context, Runtime
+from skillforge.runtime import Context, Repair, Runtime
 from skillforge.runtime.splice import Splicer
 from skillforge.store import LocalStore
 
@@ -75,9 +75,20 @@ def test_a_repeated_splice_rewrites_only_the_slots_computed_since(rt: Runtime, m
     writes = count_writes(monkeypatch)
     second = rt.splice(ctx)
     assert_same(snapshot(second), expected)
-    skill_tokens = second.skill_tokens
-    assert writes and sum(writes) < skill_tokens / 2  # only the seam and repaired slots, not the whole skill
-    assert sum(writes) == second.repaired
+    # only the seam and repaired slots and those the drift moved (within the horizon), not the whole skill
+    assert second.repaired and second.drifted
+    assert sum(writes) == second.repaired + second.drifted < second.skill_tokens
+
+
+def test_without_drift_a_repeated_splice_rewrites_only_the_computed_slots(rt: Runtime, monkeypatch: pytest.MonkeyPatch):
+    ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
+    still = Repair(drift=False)
+    expected = fresh(rt, ctx, repair=still)
+    rt.release(rt.splice(ctx, repair=still))
+    writes = count_writes(monkeypatch)
+    second = rt.splice(ctx, repair=still)
+    assert_same(snapshot(second), expected)
+    assert second.drifted == 0 and writes and sum(writes) == second.repaired < second.skill_tokens / 2
 
 
 def test_after_the_pool_forgets_a_splice_rewrites_the_whole_skill(rt: Runtime, monkeypatch: pytest.MonkeyPatch):
@@ -110,12 +121,13 @@ def test_a_splice_after_another_layout_equals_a_fresh_one(rt: Runtime, between: 
 
 def test_after_an_in_place_edit_only_the_field_and_computed_slots_are_rewritten(rt: Runtime, monkeypatch: pytest.MonkeyPatch):
     ctx = Context(skills=["refund-desk"], system="Be brief.", user="Hello?")
-    expected = fresh(rt, ctx)
+    still = Repair(drift=False)  # the drift's moved slots are rewritten too (the test above)
+    expected = fresh(rt, ctx, repair=still)
     edited = rt.splice(Context(skills=["refund-desk"], system="Be brief.", user="Hello?",
-                               set={"refund-desk.account_role": "suspended_user"}), edit_mode="in-place")
+                               set={"refund-desk.account_role": "suspended_user"}), edit_mode="in-place", repair=still)
     rt.release(edited)
     writes = count_writes(monkeypatch)
-    again = rt.splice(ctx)
+    again = rt.splice(ctx, repair=still)
     assert_same(snapshot(again), expected)
     assert 0 < sum(writes) < again.skill_tokens / 2  # the field's slots and the repaired ones, not the skill
 

@@ -189,9 +189,10 @@ def test_repair_refuses_an_unknown_blend_selection():
     (None, None, Repair()),
     ("auto", 8, Repair(seam=8)),
     ("auto:0.3", None, Repair(blend=0.3)),  # only the share moves
-    ("seam", None, Repair(blend=0.0)),
-    ("none", None, Repair(seam=0, blend=0.0)),
-    ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), blend_horizon=0, min_blend=1, select="deviation")),
+    ("seam", None, Repair(blend=0.0, drift=False)),  # the research's seam repair, nothing carried
+    ("none", None, Repair(seam=0, blend=0.0, drift=False)),
+    ("blend:0.2", None, Repair(seam=0, blend=0.2, blend_per_unseen=float("inf"), blend_horizon=0, min_blend=1, select="deviation",
+                               drift=False)),
 ])
 def test_repair_spec_parses(spec, seam, expected):
     assert Repair.parse(seam, spec) == expected

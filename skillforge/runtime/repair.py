@@ -89,6 +89,7 @@ class Repair:
     min_attend: int = 16  # the smallest budget the attention pass ranks (artifacts with sensitivity)
     select: str = "sensitive"  # how blend ranks candidates: sensitive | both | deviation | attention (module docstring)
     probe_layer: int | None = None  # deviation's probe; None: a quarter of the model's layers down
+    drift: bool = True  # carry the recomputed tokens' mean change to the skill's other tokens (runtime/drift.py)
     exact_skip: bool = True
     prefill_fallback: bool = True  # prefill instead where the repair would cost more (plan)
 
@@ -105,13 +106,13 @@ class Repair:
         if kind == "auto":
             return replace(base, blend=_ratio(repair, arg, base.blend))
         if kind == "seam" and not arg:
-            return replace(base, blend=0.0)
+            return replace(base, blend=0.0, drift=False)
         if kind == "none" and not arg:
-            return replace(base, seam=seam or 0, blend=0.0)
+            return replace(base, seam=seam or 0, blend=0.0, drift=False)
         if kind == "blend":
             # plain CacheBlend: a fixed fraction, whatever precedes the skills
             return replace(base, seam=seam or 0, blend=_ratio(repair, arg, 0.15), blend_per_unseen=math.inf, blend_horizon=0,
-                           min_blend=1, select="deviation")
+                           min_blend=1, select="deviation", drift=False)
         raise BadReference(f"invalid --repair {repair!r}: use auto[:<ratio>], seam, none or blend:<ratio>")
 
     def describe(self) -> str:
@@ -120,6 +121,8 @@ class Repair:
             cap = "" if math.isinf(self.blend_per_unseen) else f"(<={self.blend_per_unseen:g}/unseen token)"
             horizon = f"(horizon {self.blend_horizon}, {self.horizon_per_unseen:g}/unseen token)" if self.blend_horizon else ""
             parts.append(f"blend={self.blend:g}{cap}{horizon}")
+        if self.drift:
+            parts.append("drift")
         return ",".join(parts)
 
 
@@ -145,6 +148,12 @@ def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
     return len(before) - len(anchor)
 
 
+def reach(repair: Repair, missed: int) -> int | float:
+    """How many of a skill's first tokens unseen text of `missed` tokens before it moves: max(blend_horizon,
+    horizon_per_unseen x missed); all of them (inf) without a horizon."""
+    return max(repair.blend_horizon, round(repair.horizon_per_unseen * missed)) if repair.blend_horizon else math.inf
+
+
 def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: list) -> tuple[list[list[int]], int]:
     """The reused positions of every skill that missed something, and the blend budget: `blend` of the
     skill tokens, a skill after unseen text counted up to its horizon, at most `blend_per_unseen` per
@@ -156,8 +165,7 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
         n = sum(k for _, _, k in blocks)
         # a skill behind its anchor counts whole (it is unseen text to the skills after it); one after
         # unseen text counts as deep as that text reaches
-        reach = max(repair.blend_horizon, round(repair.horizon_per_unseen * missed))
-        counted += n if missed == 0 or not repair.blend_horizon else min(n, reach)
+        counted += n if missed == 0 else min(n, reach(repair, missed))
         if repair.exact_skip and missed == 0:
             continue
         unseen = max(unseen, missed)
@@ -240,7 +248,7 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     budget = min(how.budget, len(candidates))
     if how.how.startswith("sensitive"):
         idx = torch.tensor(candidates)
-        score = _sensitivity(resolved, reuse)[idx]
+        score = sensitivity_at(resolved, reuse)[idx]
         if how.how == "sensitive+attention":
             score = score * _user_attention(compute, prompt, reuse, chosen)[idx]
         return chosen | set(idx[score.topk(budget).indices].tolist())
@@ -254,7 +262,7 @@ def select_repair(model: Any, repair: Repair, prompt: "Prompt", resolved: list[A
     return chosen
 
 
-def _sensitivity(resolved: list[Any], reuse: list) -> torch.Tensor:
+def sensitivity_at(resolved: list[Any], reuse: list) -> torch.Tensor:
     """[prompt positions]: each reused token's compile-time sensitivity (its artifact's), 0 elsewhere.
     Where the splice mixes measured and estimated sensitivity (`compile --sensitivity`: two scales),
     each artifact's is divided by its mean so neither kind takes the whole budget."""

@@ -10,7 +10,8 @@ the repair set (runtime/repair.py), unless that repair would cost more than a fu
 history computed anyway, the repair's passes on top: `repair.plan`), when every token is computed
 instead, exactly; (4) compute them and the last prompt token against the assembled
 cache in one forward pass, whose attention skips the cache beyond each position-ordered group of them
-(runtime/passes.py). The cache then holds every prompt token but the last, so the result plugs into
+(runtime/passes.py) and which carries the repaired tokens' change to the rest of their skills
+(runtime/drift.py). The cache then holds every prompt token but the last, so the result plugs into
 `model.generate`, and the last token's logits (the first decoding step) come with it.
 """
 
@@ -30,6 +31,7 @@ from skillforge.model.loader import LoadedModel
 from skillforge.prompt import Prompt, align
 from skillforge.rope import RopeSpec, rope_spec
 from skillforge.runtime.cache import CachePool, SpliceCache
+from skillforge.runtime.drift import Drift, drifting
 from skillforge.runtime.masks import scattered_mask
 from skillforge.runtime.passes import PASS_COST, grouped_attention, plan_passes
 from skillforge.runtime.repair import Repair, plan, select_repair
@@ -56,6 +58,7 @@ class SpliceResult:
     computed: int
     repaired: int
     skill_tokens: int
+    drifted: int  # reused tokens the repaired tokens' change was carried to (runtime/drift.py)
     artifacts: list[str]
     edits: list[dict] = field(default_factory=list)
     computed_positions: torch.Tensor | None = None  # every position the splice computed, the last included
@@ -136,14 +139,19 @@ class Splicer:
             ranking.append(positions)
             return self.compute(cache, ids, positions, observe)
 
+        spans = drifting(repair, prompt, skills, reuse) if rotate else []
+        drift = Drift(self.rope, cache, spans, skills, reuse, repair.seam) if spans else None
         chosen = select_repair(self.lm.model, repair, prompt, skills, reuse, cache, ranking_pass) if rotate else set()
         for p in chosen:
             reused[p] = False
+        if drift:
+            drift.plan(chosen)
 
         # Compute every token no artifact supplied, and the last prompt token, whose logits are the
-        # first decoding step: one forward fewer than leaving it to the caller.
+        # first decoding step: one forward fewer than leaving it to the caller; the repaired tokens'
+        # change carried to the rest of their skills as it goes (runtime/drift.py).
         compute = torch.cat([(~reused[: L - 1]).nonzero().flatten(), torch.tensor([L - 1])])
-        logits = self.compute(cache, ids, compute)
+        logits = self.compute(cache, ids, compute, drift.carry if drift and drift.groups else None)
         cache.set_length(L - 1)
         n_reused = int(reused[: L - 1].sum())
         result = SpliceResult(
@@ -154,6 +162,7 @@ class Splicer:
             computed=L - n_reused,
             repaired=int((~uncovered & ~reused).sum()),  # covered by an artifact, computed anyway
             skill_tokens=skill_tokens,
+            drifted=sum(moved.numel() for _, moved, _, _ in drift.groups) if drift else 0,
             artifacts=[r.digest for r in skills if r.digest],
             computed_positions=compute,
             ranking_passes=ranking,
