@@ -12,13 +12,13 @@ cache at that layer, and so do the user turn and every decoded token after it.
 The recomputed tokens are the skill's most sensitive ones (repair ranks them by compile-time
 sensitivity), whose change is larger than the rest's, so the average is scaled by the mean sensitivity
 of the tokens it moves over that of the tokens it was measured on; a skill whose artifact records no
-sensitivity is left as it is. Measured on 25 dev contexts with something to repair (compositions,
-skills after a system text, multi-turn; never the test split), against the repair alone:
-smollm2-135m KL 0.0038 -> 0.0020, top-1 0.76 -> 0.96, greedy-16 0.44 -> 0.68; qwen2.5-coder-0.5b
-KL 0.0202 -> see README. The plain average overshoots (demo KL 0.0036, skills after a system text
-0.0011 -> 0.0048); values alone do not help on either model (qwen2.5-coder-0.5b 0.0202 -> 0.0202);
-the true average, from a full prefill, reaches 0.0010 on the demo model: the estimate gets most of it.
-Only tokens within the skill's horizon move (repair.horizon: as deep as the unseen text reaches), so
+sensitivity is left as it is. Chosen on 25 dev contexts with something to repair (compositions,
+skills after a system text, multi-turn; never the test split), against the repair alone: smollm2-135m
+KL 0.0038 -> 0.0020, top-1 0.76 -> 0.96, greedy-16 0.44 -> 0.68; qwen2.5-coder-0.5b KL 0.0202 ->
+0.0131, top-1 0.96 -> 1.00. The plain average overshoots (demo KL 0.0036; skills after a system text
+0.0011 -> 0.0048); the values' change alone does nothing on qwen2.5-coder-0.5b (0.0202); the true
+average, from a full prefill, reaches 0.0010 on the demo model: the estimate gets most of it.
+Only tokens within the skill's horizon move (repair.reach: as deep as the unseen text reaches), so
 a long skill's cost stays bounded; moved slots no longer hold their artifact's bytes, so a pooled
 cache forgets them (runtime/cache.py).
 """
