@@ -49,6 +49,14 @@ the default:
               turn's queries and every decoded token: over the stale keys (reused, not recomputed, of
               skills that missed text) scores / T and the block's mass x S (e.g. ape1_0.8); apecT_S:
               only in skills that follow another skill
+  shiftMODE   the default repair with the drift (runtime/drift.py) replaced by one of the ways it was
+              chosen among: oracle (each skill's true mean K/V change, from a full prefill; oraclek /
+              oraclev: keys / values only), chosen (the mean of what the last pass changed at the
+              recomputed tokens, seams as refreshed by the ranking pass; chosenv, chosennoseam), true
+              (the mean against the spliced K/V), ratio (that mean scaled by the sensitivity ratio: the
+              default drift), prop (scaled per token by its sensitivity), sample_P (the mean over a
+              uniform P% sample of the skill, recomputed for it), affine_A (ratio plus A x a per-dim
+              slope on each token's spliced value)
   roundsT     the default, and a second budget where the repair moved the last token's logits by more
               than T (KL) from the seams-only attention pass: repair until it settles
 Subsets: --kinds keeps the named kinds; --no-long drops cases with the three long skills (over 2,000
@@ -455,9 +463,10 @@ def ape_queries(temperature: float, scale: float, after_skills: bool = False) ->
 
 @contextmanager
 def shift_stale(mode: str) -> Iterator[None]:
-    """EXPERIMENT: before the splice's last pass, every stale token (reused, not recomputed) of a skill
-    that missed text gets its skill's mean K/V deviation added (keys un-rotated to position 0 to average,
-    rotated back to each slot). `oracle`: the mean from a full prefill."""
+    """The drift experiment (see the `shiftMODE` variants in the module docstring): every stale token
+    (reused, not recomputed) of a skill that missed text gets its skill's mean K/V change added (keys
+    un-rotated to position 0 to average, rotated back to each slot); `oracle*` before the splice's last
+    pass from a full prefill, the others estimated inside it, layer by layer."""
     state: dict[str, Any] = {}
     assemble, compute = splice_mod.Splicer.assemble, splice_mod.Splicer.compute
 
@@ -524,14 +533,14 @@ def shift_stale(mode: str) -> Iterator[None]:
                 chosen, stale = stale[step // 2 :: step], stale[[i for i in range(stale.numel()) if (i - step // 2) % step]]
                 extra.append(chosen)
             if chosen.numel() and stale.numel():
-                if kind in ("true", "ratio", "prop"):
+                if kind in ("true", "ratio", "prop", "affine"):
                     allpos, pre = state["pre"]
                     where = torch.tensor([(allpos == p).nonzero()[0, 0].item() for p in chosen.tolist()])
                     saved = [(k[:, where], v[:, where]) for k, v in pre]
                 else:
                     saved = [(l.keys[0][:, chosen].float().clone(), l.values[0][:, chosen].float().clone()) for l in cache.layers]
                 sc, ss = state["sens"][chosen], state["sens"][stale]
-                if kind == "ratio":
+                if kind in ("ratio", "affine"):
                     weight = torch.full((stale.numel(),), float(ss.mean() / sc.mean().clamp_min(1e-12)))
                 elif kind == "prop":
                     weight = ss * chosen.numel() / sc.sum().clamp_min(1e-12)
@@ -549,6 +558,22 @@ def shift_stale(mode: str) -> Iterator[None]:
                 ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
                 for chosen, stale, saved, weight in groups:
                     sk, sv = saved[layer]
+                    if kind == "affine":  # the mean change plus a per-dim slope on the stale value (x - mean x)
+                        to0 = self.rope.angle_delta(layer, chosen, torch.zeros_like(chosen), wide=True)
+                        st0 = self.rope.angle_delta(layer, stale, torch.zeros_like(stale), wide=True)
+                        back = self.rope.angle_delta(layer, torch.zeros_like(stale), stale, wide=True)
+                        for which, x_c, x_s, new_c in (("k", self.rope.shift(layer, sk.contiguous(), *to0), self.rope.shift(layer, ck[:, stale].float().contiguous(), *st0),
+                                                        self.rope.shift(layer, ck[:, chosen].float().contiguous(), *to0)),
+                                                       ("v", sv, cv[:, stale].float(), cv[:, chosen].float())):
+                            d = new_c - x_c
+                            xm, dm = x_c.mean(1, keepdim=True), d.mean(1, keepdim=True)
+                            a = ((x_c - xm) * (d - dm)).mean(1, keepdim=True) / ((x_c - xm).pow(2).mean(1, keepdim=True) + 1e-6)
+                            pred = weight * (dm + alpha * a * (x_s - xm))
+                            if which == "k":
+                                ck[:, stale] += self.rope.shift(layer, pred.contiguous(), *back).to(ck.dtype)
+                            else:
+                                cv[:, stale] += pred.to(cv.dtype)
+                        continue
                     dk = ck[:, chosen].float() - sk
                     cos, sin = self.rope.angle_delta(layer, chosen, torch.zeros_like(chosen), wide=True)
                     mk = self.rope.shift(layer, dk, cos, sin).mean(1, keepdim=True).expand(-1, stale.numel(), -1).contiguous()
@@ -760,7 +785,7 @@ def evaluate(lm: Any, cases: list, name: str, skills: str, memo: EvalMemo) -> di
     """One selector variant over the cases; prints its per-kind table."""
     m = re.fullmatch(r"ape(c?)([\d.]+)_([\d.]+)", name)
     shift = name.startswith("shift")
-    rep, select = variant("default" if m or shift else name)
+    rep, select = variant("drift=False" if shift else "default" if m else name)  # shift_stale replaces the drift
     with selector(select), (ape_queries(float(m.group(2)), float(m.group(3)), m.group(1) == "c") if m else nullcontext()), \
             (shift_stale(name[5:]) if shift else nullcontext()):
         doc = run_eval(lm, cases, repair=rep, skills=skills, memo=memo, progress=lambda s: print(s, file=sys.stderr, flush=True))
