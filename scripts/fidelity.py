@@ -97,7 +97,7 @@ def _seam_and_candidates(prompt: Any, resolved: list, reuse: list, seam: int) ->
     for i, blocks in reuse:
         if repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids) == 0:
             continue
-        positions = [c + k for _, c, n in blocks for k in range(n)]
+        positions = repair_mod.block_positions(blocks)
         chosen.update(positions[:seam])
         candidates.extend(positions[seam:])
     return chosen, candidates
@@ -185,7 +185,7 @@ def per_skill() -> Selector:
         rank = dict(zip(idx.tolist(), score.tolist()))
         for i, blocks in reuse:
             missed = repair_mod.unseen_tokens(prompt, i, resolved[i].meta.anchor_ids)
-            positions = [c + k for _, c, n in blocks for k in range(n)]
+            positions = repair_mod.block_positions(blocks)
             own = [p for p in positions[repair.seam :] if p in rank]
             if not missed or not own:
                 continue

@@ -33,7 +33,7 @@ from skillforge.model.forward import AttentionFn
 from skillforge.prompt import Prompt
 from skillforge.rope import RopeSpec
 from skillforge.runtime.cache import SpliceCache
-from skillforge.runtime.repair import Repair, reach, sensitivity_at, unseen_tokens
+from skillforge.runtime.repair import Repair, block_positions, reach, sensitivity_at, unseen_tokens
 
 
 def drifting(repair: Repair, prompt: Prompt, resolved: list[Any], reuse: list) -> list[list[int]]:
@@ -44,7 +44,7 @@ def drifting(repair: Repair, prompt: Prompt, resolved: list[Any], reuse: list) -
     spans = []
     for i, blocks in reuse:
         missed = unseen_tokens(prompt, i, resolved[i].meta.anchor_ids)
-        positions = [c + k for _, c, n in blocks for k in range(n)]
+        positions = block_positions(blocks)
         if missed and positions:
             spans.append(positions[: min(len(positions), reach(repair, missed))])
     return spans

@@ -148,6 +148,11 @@ def unseen_tokens(prompt: "Prompt", skill_index: int, anchor: list[int]) -> int:
     return len(before) - len(anchor)
 
 
+def block_positions(blocks: list[tuple[int, int, int]]) -> list[int]:
+    """The prompt positions a skill's reused blocks (art_start, ctx_start, n) cover, in order."""
+    return [c + k for _, c, n in blocks for k in range(n)]
+
+
 def reach(repair: Repair, missed: int) -> int | float:
     """How many of a skill's first tokens unseen text of `missed` tokens before it moves: max(blend_horizon,
     horizon_per_unseen x missed); all of them (inf) without a horizon."""
@@ -169,7 +174,7 @@ def missed_spans(repair: Repair, prompt: "Prompt", resolved: list[Any], reuse: l
         if repair.exact_skip and missed == 0:
             continue
         unseen = max(unseen, missed)
-        spans.append([c + k for _, c, m in blocks for k in range(m)])
+        spans.append(block_positions(blocks))
     if not spans:  # every skill sits behind its anchor: exact, nothing to buy
         return spans, 0
     budget = round(repair.blend * counted)
