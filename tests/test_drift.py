@@ -26,15 +26,16 @@ from tiny_models import build
 STILL = Repair(drift=False)
 
 
-def _runtime(lm, home: Path, skills_dir: Path, names: tuple[str, ...]) -> Runtime:
+def _runtime(lm, home: Path, manifests: list[Manifest]) -> Runtime:
     registry, store = Registry(), LocalStore(home)
-    compile_manifests(lm, [m for m in discover(skills_dir) if m.name in names], registry, store)
+    compile_manifests(lm, manifests, registry, store)
     return Runtime(lm, registry, store, pool_bytes=0)
 
 
 @pytest.fixture()
 def rt(home: Path, demo_tokenizer, skills_dir: Path) -> Runtime:
-    return _runtime(build("llama", demo_tokenizer), home, skills_dir, ("pirate-voice", "json-contract"))
+    manifests = [m for m in discover(skills_dir) if m.name in ("pirate-voice", "json-contract")]
+    return _runtime(build("llama", demo_tokenizer), home, manifests)
 
 
 def _kv(result) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -57,7 +58,7 @@ def test_the_drift_moves_only_the_unrepaired_tokens_of_skills_after_unseen_text_
     moved, still = rt.splice(ctx, repair=horizon), rt.splice(ctx, repair=replace(horizon, drift=False))
     first, second = [sorted(moved.prompt.tokens_within(s, e)) for s, e in moved.prompt.skill_spans]
     computed = set(moved.computed_positions.tolist())
-    assert set(moved.computed_positions.tolist()) == set(still.computed_positions.tolist())  # the same repair set
+    assert computed == set(still.computed_positions.tolist())  # the same repair set
     reach = set(second[:64])
     assert moved.drifted == len(reach - computed) > 0 and still.drifted == 0
     changed = _changed(_kv(moved), _kv(still))
@@ -93,10 +94,8 @@ def test_the_drift_brings_compositions_closer_to_a_full_prefill_on_the_demo_mode
     """Skills and contexts written for this test (not the eval corpus): two and three skills after a
     system text. The drift must lower their summed KL from a full prefill (on skills this short the repair
     already recomputes a third of their tokens; measured 0.0076 -> 0.0067)."""
-    registry, store = Registry(), LocalStore(home)
-    compile_manifests(demo_lm, [Manifest.from_dict({"name": n, "version": "1.0.0", "template": t}, source=f"test:{n}")
-                                for n, t in SKILLS.items()], registry, store)
-    rt = Runtime(demo_lm, registry, store, pool_bytes=0)
+    rt = _runtime(demo_lm, home, [Manifest.from_dict({"name": n, "version": "1.0.0", "template": t}, source=f"test:{n}")
+                                  for n, t in SKILLS.items()])
     contexts = [
         Context(skills=["returns", "tone"], system="You work the help desk of a hardware shop.",
                 user="I bought a drill 20 days ago and it is broken. Can I get my money back?"),
