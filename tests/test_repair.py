@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from skillforge.artifact import anchor_digest
 from skillforge.build import compile_manifests
 from skillforge.manifest import discover
 from skillforge.model.forward import run
@@ -197,9 +198,9 @@ def test_variants_compiled_behind_the_tokens_before_each_skill_make_a_compositio
     # what `serve --learn-after` compiles: each skill behind exactly the tokens a context puts before it
     ctx = Context(skills=["json-contract", "pirate-voice"], system="Be brief.", user="Ahoy?")
     first = rt.splice(ctx)
-    assert first.repaired > 0 and [m.skill for m, _ in first.missed] == ["json-contract", "pirate-voice"]
-    for (meta, before), (start, _) in zip(first.missed, first.prompt.skill_spans):
-        assert before == first.prompt.ids_before(start) != meta.anchor_ids
+    assert first.repaired > 0 and [m.meta.skill for m in first.missed] == ["json-contract", "pirate-voice"]
+    for (meta, before, digest), (start, _) in zip(first.missed, first.prompt.skill_spans):
+        assert before == first.prompt.ids_before(start) != meta.anchor_ids and digest == anchor_digest(before)
         compile_manifests(rt.lm, [m for m in discover(skills_dir) if m.name == meta.skill], rt.registry, rt.store, anchor=before)
     stale = first.artifacts
     rt.release(first)
@@ -209,6 +210,6 @@ def test_variants_compiled_behind_the_tokens_before_each_skill_make_a_compositio
     assert torch.allclose(rt.next_logits(exact), full, atol=1e-4)
     # a reference pinned to a digest keeps its artifact; other contexts keep the compiled ones
     pinned = rt.splice(replace(ctx, skills=[f"json-contract@{stale[0]}", "pirate-voice"]))
-    assert pinned.artifacts == [stale[0], exact.artifacts[1]] and [m.skill for m, _ in pinned.missed] == []
+    assert pinned.artifacts == [stale[0], exact.artifacts[1]] and not pinned.missed
     other = rt.splice(replace(ctx, system="Be very brief."))
     assert other.artifacts == stale and len(other.missed) == 2

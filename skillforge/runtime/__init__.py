@@ -5,6 +5,6 @@ The public surface is here; runtime/facade.py holds the Runtime that ties the pa
 
 from skillforge.runtime.facade import Context, Runtime
 from skillforge.runtime.repair import Repair
-from skillforge.runtime.splice import Resolved, SpliceResult
+from skillforge.runtime.splice import Missed, Resolved, SpliceResult
 
-__all__ = ["Context", "Repair", "Resolved", "Runtime", "SpliceResult"]
+__all__ = ["Context", "Missed", "Repair", "Resolved", "Runtime", "SpliceResult"]

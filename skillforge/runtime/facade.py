@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from skillforge import config
-from skillforge.artifact import ArtifactMeta
+from skillforge.artifact import anchor_digest
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import Prompt, build_prompt
 from skillforge.refs import SkillRef
@@ -30,7 +30,7 @@ from skillforge.runtime.hotcache import HotCache
 from skillforge.runtime.lookup import ArtifactLookup, check_fingerprint
 from skillforge.runtime.policies import splice_auto, splice_contrast
 from skillforge.runtime.repair import Repair
-from skillforge.runtime.splice import Resolved, SpliceResult, Splicer
+from skillforge.runtime.splice import Missed, Resolved, SpliceResult, Splicer
 
 
 @dataclass
@@ -94,18 +94,21 @@ class Runtime:
         result.splice_ms = (time.perf_counter() - t0) * 1000
         return result
 
-    def _exact_variants(self, refs: list[str], resolved: list[Resolved], edit: EditPlan, prompt: Prompt) -> list[tuple[ArtifactMeta, list[int]]]:
+    def _exact_variants(self, refs: list[str], resolved: list[Resolved], edit: EditPlan, prompt: Prompt) -> list[Missed]:
         """Put in, for every skill the prompt holds as compiled (no edit) and not pinned to a digest, the
         variant compiled behind exactly the tokens before it where the registry has one (lookup.behind).
-        -> the skills still spliced behind other tokens than precede them, with those tokens."""
+        -> the skills still spliced behind other tokens than precede them."""
         missed = []
         for i, (ref, r, (start, _)) in enumerate(zip(refs, resolved, prompt.skill_spans)):
             if edit.skills[i] is not r or edit.texts[i] != r.meta.text or SkillRef.parse(ref).digest is not None:
                 continue
             before = prompt.ids_before(start)
-            edit.skills[i] = self.lookup.behind(r, before)
+            if r.meta.anchor_ids == before:
+                continue
+            digest = anchor_digest(before)
+            edit.skills[i] = self.lookup.behind(r, before, digest)
             if edit.skills[i].meta.anchor_ids != before:
-                missed.append((edit.skills[i].meta, before))
+                missed.append(Missed(edit.skills[i].meta, before, digest))
         return missed
 
     def compute(self, cache: SpliceCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -67,18 +67,20 @@ class ArtifactLookup:
             row = self._behind_system(row, system)
         return self._load(row)
 
-    def behind(self, resolved: Resolved, before: list[int]) -> Resolved:
+    def behind(self, resolved: Resolved, before: list[int], digest: str) -> Resolved:
         """The same skill version compiled behind exactly `before` (the tokens that precede it in the
-        prompt) if the registry has it, else `resolved`: a variant compiled for this context (`serve
-        --learn-after`, `compile --system`) splices exactly there, with no repair. One indexed query
-        when the anchor differs."""
+        prompt; `digest` their anchor digest) if the registry has it, else `resolved`: a variant
+        compiled for this context (`serve --learn-after`, `compile --system`) splices exactly there,
+        with no repair. One indexed query when the anchor differs; the variant's metadata is parsed
+        once, from its blob (a version's text does not change, so a mismatch is a rare hostile case)."""
         meta = resolved.meta
         if meta.anchor_ids == before:
             return resolved
-        row = self.registry.variant(meta.skill, self.lm.fingerprint.digest, meta.version, artifact.anchor_digest(before))
-        if row is None or row.meta.text_digest != meta.text_digest:  # none, or not the text the prompt holds
+        row = self.registry.variant(meta.skill, self.lm.fingerprint.digest, meta.version, digest)
+        if row is None:
             return resolved
-        return self._load(row)
+        found = self._load(row)
+        return found if found.meta.text_digest == meta.text_digest else resolved  # not the text the prompt holds
 
     def _load(self, row: Any) -> Resolved:
         """An indexed artifact's metadata and KV, from the hot cache or read and checked (see resolve)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -44,6 +44,16 @@ class Resolved:
     meta: ArtifactMeta
     kv: KV
     digest: str | None = None  # names the KV's content: a pooled cache that holds this digest's blocks keeps them
+
+
+class Missed(NamedTuple):
+    """A skill spliced behind other tokens than its artifact was compiled behind: the artifact, the
+    tokens that precede it in this prompt, and their anchor digest (hashed once, by the lookup, for
+    the server's count of recurring contexts)."""
+
+    meta: ArtifactMeta
+    before: list[int]
+    anchor_digest: str
 
 
 @dataclass
@@ -70,7 +80,7 @@ class SpliceResult:
     guides: list[tuple["SpliceResult", float]] = field(default_factory=list)
     # the unedited skills spliced behind other tokens than their artifact was compiled behind, with the
     # tokens that precede them here: what a variant compiled behind them would splice exactly (serve --learn-after)
-    missed: list[tuple[ArtifactMeta, list[int]]] = field(default_factory=list)
+    missed: list["Missed"] = field(default_factory=list)
 
 
 class Splicer:

@@ -27,14 +27,14 @@ from typing import Any, Callable
 
 import torch
 
-from skillforge.artifact import ArtifactMeta, anchor_digest
+from skillforge.artifact import ArtifactMeta
 from skillforge.build import compile_manifests
 from skillforge.errors import ContextTooLong
 from skillforge.manifest import Manifest
 from skillforge.model.forward import eos_ids, new_cache, run
 from skillforge.model.loader import LoadedModel
 from skillforge.prompt import system_anchor
-from skillforge.runtime import Context, Repair, Runtime, SpliceResult
+from skillforge.runtime import Context, Missed, Repair, Runtime, SpliceResult
 from skillforge.runtime.decode import Decoder, Stream, streams_of
 from skillforge.server.decode import Sampler, StopText
 from skillforge.server.metrics import Metrics
@@ -88,7 +88,7 @@ class Engine:
         self._seen: dict[tuple[str, str, str, str], int] = {}
         self._to_learn: dict[tuple[str, str, str, str], tuple[ArtifactMeta, list[int] | str]] = {}  # -> behind what
 
-    def note_missed(self, missed: list[tuple[ArtifactMeta, list[int]]], system: str) -> None:
+    def note_missed(self, missed: list[Missed], system: str) -> None:
         """Count the skills a splice placed behind other tokens than their artifact's, by those tokens
         and by the `system` text before them; the N-th time queues a variant compiled behind them
         (module docstring). Nothing is tokenized here: this runs on every request."""
@@ -96,8 +96,8 @@ class Engine:
             return
         if len(self._seen) >= SEEN_MAX:
             self._seen.clear()
-        for meta, before in missed:
-            self._count((meta.skill, meta.version, "tokens", anchor_digest(before)), meta, before)
+        for meta, before, digest in missed:
+            self._count((meta.skill, meta.version, "tokens", digest), meta, before)
             if system:
                 self._count((meta.skill, meta.version, "system", system), meta, system)
 
