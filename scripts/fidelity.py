@@ -49,13 +49,18 @@ the default:
               turn's queries and every decoded token: over the stale keys (reused, not recomputed, of
               skills that missed text) scores / T and the block's mass x S (e.g. ape1_0.8); apecT_S:
               only in skills that follow another skill
-  shiftMODE   the default repair with the drift (runtime/drift.py) replaced by one of the ways it was
+  shiftMODE[+k=v]  the default repair with the drift (runtime/drift.py) replaced by one of the ways it was
               chosen among: oracle (each skill's true mean K/V change, from a full prefill; oraclek /
-              oraclev: keys / values only), chosen (the mean of what the last pass changed at the
+              oraclev: keys / values only; oraclelocal_W: the true mean over the stale tokens within W
+              positions of each), chosen (the mean of what the last pass changed at the
               recomputed tokens, seams as refreshed by the ranking pass; chosenv, chosennoseam), true
               (the mean against the spliced K/V), ratio (that mean scaled by the sensitivity ratio: the
               default drift), prop (scaled per token by its sensitivity), sample_P (the mean over a
-              uniform P% sample of the skill, recomputed for it), affine_A (ratio plus A x a per-dim
+              uniform P% sample of the skill, recomputed for it), local_W (ratio, each stale token taking the
+              mean change of the recomputed tokens within W positions of it), lsample_P (each stale token
+              the mean change of the tokens of a uniform P% sample within two sample spacings), hybrid_P (ratio,
+              plus the local mean of what ratio leaves at the sampled tokens, from a P% sample), lsamplem_P
+              (lsample_P where a skill has 8 sampled tokens or more, else ratio), affine_A (ratio plus A x a per-dim
               slope on each token's spliced value)
   roundsT     the default, and a second budget where the repair moved the last token's logits by more
               than T (KL) from the seams-only attention pass: repair until it settles
@@ -502,17 +507,22 @@ def shift_stale(mode: str) -> Iterator[None]:
                 if not stale.numel():
                     continue
                 zero = torch.zeros_like(stale)
+                # oraclelocal_W: each stale token gets the mean change of the stale tokens within W
+                # positions of it (is what the drift misses local?); else the skill's mean
+                near = (stale[:, None] - stale[None, :]).abs() <= alpha
+                mean = near.float() / near.sum(1, keepdim=True) if kind == "oraclelocal" else torch.full(
+                    (stale.numel(), stale.numel()), 1.0 / stale.numel())
                 for layer, (k, v) in enumerate(kv):
                     ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
                     dk = k[:, stale].float() - ck[:, stale].float()
                     dv = v[:, stale].float() - cv[:, stale].float()
                     cos, sin = self.rope.angle_delta(layer, stale, zero, wide=True)
-                    mk = self.rope.shift(layer, dk, cos, sin).mean(1, keepdim=True).expand_as(dk)
+                    mk = torch.einsum("ij,hjd->hid", mean, self.rope.shift(layer, dk, cos, sin))
                     cos, sin = self.rope.angle_delta(layer, zero, stale, wide=True)
                     if mode != "oraclev":
                         ck[:, stale] += self.rope.shift(layer, mk.contiguous(), cos, sin).to(ck.dtype)
                     if mode != "oraclek":
-                        cv[:, stale] += dv.mean(1, keepdim=True).to(cv.dtype)
+                        cv[:, stale] += torch.einsum("ij,hjd->hid", mean, dv).to(cv.dtype)
         return compute(self, cache, ids, positions, observe)
 
     kind, _, factor = mode.partition("_")
@@ -525,38 +535,74 @@ def shift_stale(mode: str) -> Iterator[None]:
         done[positions] = True
         groups = []
         extra = []
+        hybrid = []
         for span in state["spans"]:
             body = span[16:] if kind == "chosennoseam" else span
             chosen, stale = body[done[body]], span[~done[span]]
-            if kind == "sample":  # a uniform sample of the stale tokens, computed only to estimate the mean
+            sk = kind  # lsamplem: lsample where the span has 8 sampled tokens or more, else ratio
+            if kind == "lsamplem":
+                sk = "lsample" if stale.numel() >= 8 * max(1, round(1 / (alpha / 100))) else "ratio"
+            if sk in ("sample", "lsample", "hybrid"):  # a uniform sample of the stale tokens, computed only to estimate the mean
                 step = max(1, round(1 / (alpha / 100)))
-                chosen, stale = stale[step // 2 :: step], stale[[i for i in range(stale.numel()) if (i - step // 2) % step]]
-                extra.append(chosen)
+                sample, stale = stale[step // 2 :: step], stale[[i for i in range(stale.numel()) if (i - step // 2) % step]]
+                extra.append(sample)
+                if sk == "hybrid":  # the ratio drift from the repair's tokens, plus the sample's local residual from it
+                    allpos, pre = state["pre"]
+                    where = torch.tensor([(allpos == p).nonzero()[0, 0].item() for p in chosen.tolist()])
+                    saved = [(k[:, where], v[:, where]) for k, v in pre]
+                    sc = state["sens"][chosen].mean().clamp_min(1e-12)
+                    near = ((stale[:, None] - sample[None, :]).abs() <= 2 * step).float()
+                    near[near.sum(1) == 0] = 1.0
+                    if chosen.numel() and stale.numel() and sample.numel():
+                        hybrid.append((chosen, stale, saved, float(state["sens"][stale].mean() / sc), sample,
+                                       (state["sens"][sample] / sc)[None, :, None], near / near.sum(1, keepdim=True),
+                                       [(l.keys[0][:, sample].float().clone(), l.values[0][:, sample].float().clone()) for l in cache.layers]))
+                    continue
+                chosen = sample
             if chosen.numel() and stale.numel():
-                if kind in ("true", "ratio", "prop", "affine"):
+                if sk in ("true", "ratio", "prop", "affine", "local"):
                     allpos, pre = state["pre"]
                     where = torch.tensor([(allpos == p).nonzero()[0, 0].item() for p in chosen.tolist()])
                     saved = [(k[:, where], v[:, where]) for k, v in pre]
                 else:
                     saved = [(l.keys[0][:, chosen].float().clone(), l.values[0][:, chosen].float().clone()) for l in cache.layers]
                 sc, ss = state["sens"][chosen], state["sens"][stale]
-                if kind in ("ratio", "affine"):
+                if sk in ("ratio", "affine", "local"):
                     weight = torch.full((stale.numel(),), float(ss.mean() / sc.mean().clamp_min(1e-12)))
-                elif kind == "prop":
+                elif sk == "prop":
                     weight = ss * chosen.numel() / sc.sum().clamp_min(1e-12)
                 else:
                     weight = torch.ones(stale.numel())
-                groups.append((chosen, stale, saved, weight[None, :, None]))
+                if sk in ("local", "lsample"):  # each stale token: the mean change of the recomputed ones near it
+                    width = alpha if sk == "local" else 2 * round(100 / alpha)  # lsample: ~4 sampled tokens
+                    near = ((stale[:, None] - chosen[None, :]).abs() <= width).float()
+                    near[near.sum(1) == 0] = 1.0  # none that close: the skill's mean
+                    mix = near / near.sum(1, keepdim=True)
+                else:
+                    mix = torch.full((stale.numel(), chosen.numel()), 1.0 / chosen.numel())
+                groups.append((chosen, stale, saved, weight[None, :, None], mix))
 
         if extra:
             positions = torch.cat([positions, *extra]).unique()
-        scale = 1.0 if kind == "sample" else alpha
+        scale = 1.0 if kind in ("sample", "local", "lsample", "lsamplem") else alpha
 
         def wrap(original):
             def attention(module, query, key, value, mask, **kw):
                 layer = module.layer_idx
                 ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
-                for chosen, stale, saved, weight in groups:
+                for chosen, stale, saved, ratio, sample, rj, mix, saved_s in hybrid:
+                    (sk, sv), (ssk, ssv) = saved[layer], saved_s[layer]
+                    to0 = self.rope.angle_delta(layer, chosen, torch.zeros_like(chosen), wide=True)
+                    s0 = self.rope.angle_delta(layer, sample, torch.zeros_like(sample), wide=True)
+                    back = self.rope.angle_delta(layer, torch.zeros_like(stale), stale, wide=True)
+                    gk = self.rope.shift(layer, ck[:, chosen].float() - sk, *to0).mean(1, keepdim=True)
+                    gv = (cv[:, chosen].float() - sv).mean(1, keepdim=True)
+                    rk = self.rope.shift(layer, ck[:, sample].float() - ssk, *s0) - rj * gk
+                    rv = (cv[:, sample].float() - ssv) - rj * gv
+                    dk = ratio * gk + torch.einsum("ij,hjd->hid", mix, rk)
+                    ck[:, stale] += self.rope.shift(layer, dk.contiguous(), *back).to(ck.dtype)
+                    cv[:, stale] += (ratio * gv + torch.einsum("ij,hjd->hid", mix, rv)).to(cv.dtype)
+                for chosen, stale, saved, weight, mix in groups:
                     sk, sv = saved[layer]
                     if kind == "affine":  # the mean change plus a per-dim slope on the stale value (x - mean x)
                         to0 = self.rope.angle_delta(layer, chosen, torch.zeros_like(chosen), wide=True)
@@ -576,11 +622,11 @@ def shift_stale(mode: str) -> Iterator[None]:
                         continue
                     dk = ck[:, chosen].float() - sk
                     cos, sin = self.rope.angle_delta(layer, chosen, torch.zeros_like(chosen), wide=True)
-                    mk = self.rope.shift(layer, dk, cos, sin).mean(1, keepdim=True).expand(-1, stale.numel(), -1).contiguous()
+                    mk = torch.einsum("ij,hjd->hid", mix, self.rope.shift(layer, dk, cos, sin)).contiguous()
                     cos, sin = self.rope.angle_delta(layer, torch.zeros_like(stale), stale, wide=True)
                     if not values_only:
                         ck[:, stale] += (scale * weight * self.rope.shift(layer, mk, cos, sin)).to(ck.dtype)
-                    cv[:, stale] += (scale * weight * (cv[:, chosen].float() - sv).mean(1, keepdim=True)).to(cv.dtype)
+                    cv[:, stale] += (scale * weight * torch.einsum("ij,hjd->hid", mix, cv[:, chosen].float() - sv)).to(cv.dtype)
                 return original(module, query, key, value, mask, **kw)
             return attention
 
@@ -785,9 +831,10 @@ def evaluate(lm: Any, cases: list, name: str, skills: str, memo: EvalMemo) -> di
     """One selector variant over the cases; prints its per-kind table."""
     m = re.fullmatch(r"ape(c?)([\d.]+)_([\d.]+)", name)
     shift = name.startswith("shift")
-    rep, select = variant("drift=False" if shift else "default" if m else name)  # shift_stale replaces the drift
+    mode, _, fields = name.partition("+")  # shiftMODE+k=v/k=v: Repair fields changed too
+    rep, select = variant("/".join(["drift=False", fields] if fields else ["drift=False"]) if shift else "default" if m else name)
     with selector(select), (ape_queries(float(m.group(2)), float(m.group(3)), m.group(1) == "c") if m else nullcontext()), \
-            (shift_stale(name[5:]) if shift else nullcontext()):
+            (shift_stale(mode[5:]) if shift else nullcontext()):
         doc = run_eval(lm, cases, repair=rep, skills=skills, memo=memo, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(f"\n== {name}: top1 {doc['top1_agreement']:.3f} greedy16 {doc['greedy16_match']:.3f} kl {doc['kl_mean']:.4f} "
           f"max {doc['kl_max']:.4f} recomputed {doc['skill_recompute_fraction']:.3f}", flush=True)
