@@ -80,7 +80,7 @@ class SpliceResult:
     guides: list[tuple["SpliceResult", float]] = field(default_factory=list)
     # the unedited skills spliced behind other tokens than their artifact was compiled behind, with the
     # tokens that precede them here: what a variant compiled behind them would splice exactly (serve --learn-after)
-    missed: list["Missed"] = field(default_factory=list)
+    missed: list[Missed] = field(default_factory=list)
 
 
 class Splicer:
