@@ -591,14 +591,14 @@ def shift_stale(mode: str) -> Iterator[None]:
                 layer = module.layer_idx
                 ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
                 for chosen, stale, saved, ratio, sample, rj, mix, saved_s in hybrid:
-                    (sk, sv), (ssk, ssv) = saved[layer], saved_s[layer]
+                    (k0, v0), (sk0, sv0) = saved[layer], saved_s[layer]  # the repair's tokens, the sample, as spliced
                     to0 = self.rope.angle_delta(layer, chosen, torch.zeros_like(chosen), wide=True)
                     s0 = self.rope.angle_delta(layer, sample, torch.zeros_like(sample), wide=True)
                     back = self.rope.angle_delta(layer, torch.zeros_like(stale), stale, wide=True)
-                    gk = self.rope.shift(layer, ck[:, chosen].float() - sk, *to0).mean(1, keepdim=True)
-                    gv = (cv[:, chosen].float() - sv).mean(1, keepdim=True)
-                    rk = self.rope.shift(layer, ck[:, sample].float() - ssk, *s0) - rj * gk
-                    rv = (cv[:, sample].float() - ssv) - rj * gv
+                    gk = self.rope.shift(layer, ck[:, chosen].float() - k0, *to0).mean(1, keepdim=True)
+                    gv = (cv[:, chosen].float() - v0).mean(1, keepdim=True)
+                    rk = self.rope.shift(layer, ck[:, sample].float() - sk0, *s0) - rj * gk
+                    rv = (cv[:, sample].float() - sv0) - rj * gv
                     dk = ratio * gk + torch.einsum("ij,hjd->hid", mix, rk)
                     ck[:, stale] += self.rope.shift(layer, dk.contiguous(), *back).to(ck.dtype)
                     cv[:, stale] += (ratio * gv + torch.einsum("ij,hjd->hid", mix, rv)).to(cv.dtype)
