@@ -466,6 +466,14 @@ def ape_queries(temperature: float, scale: float, after_skills: bool = False) ->
         splice_mod.Splicer.assemble, splice_mod.Splicer.compute, decode_mod.Decoder.advance = assemble, compute, advance
 
 
+def near_mean(to: torch.Tensor, of: torch.Tensor, width: float) -> torch.Tensor:
+    """[len(to), len(of)]: the weights that average, for each position of `to`, the positions of `of`
+    within `width` of it (all of them where none is that close; math.inf: the plain mean)."""
+    near = ((to[:, None] - of[None, :]).abs() <= width).float()
+    near[near.sum(1) == 0] = 1.0
+    return near / near.sum(1, keepdim=True)
+
+
 @contextmanager
 def shift_stale(mode: str) -> Iterator[None]:
     """The drift experiment (see the `shiftMODE` variants in the module docstring): every stale token
@@ -509,9 +517,7 @@ def shift_stale(mode: str) -> Iterator[None]:
                 zero = torch.zeros_like(stale)
                 # oraclelocal_W: each stale token gets the mean change of the stale tokens within W
                 # positions of it (is what the drift misses local?); else the skill's mean
-                near = (stale[:, None] - stale[None, :]).abs() <= alpha
-                mean = near.float() / near.sum(1, keepdim=True) if kind == "oraclelocal" else torch.full(
-                    (stale.numel(), stale.numel()), 1.0 / stale.numel())
+                mean = near_mean(stale, stale, alpha if kind == "oraclelocal" else math.inf)
                 for layer, (k, v) in enumerate(kv):
                     ck, cv = cache.layers[layer].keys[0], cache.layers[layer].values[0]
                     dk = k[:, stale].float() - ck[:, stale].float()
@@ -529,6 +535,12 @@ def shift_stale(mode: str) -> Iterator[None]:
     values_only = kind.endswith("v")
     kind = kind.removesuffix("v")
     alpha = float(factor or 1)
+    step = max(1, round(100 / alpha)) if alpha else 1  # the sample kinds: every step-th stale token, alpha% of them
+
+    def spliced(chosen):  # the K/V at `chosen` as spliced, captured before any pass wrote them
+        allpos, pre = state["pre"]
+        where = torch.tensor([(allpos == p).nonzero()[0, 0].item() for p in chosen.tolist()])
+        return [(k[:, where], v[:, where]) for k, v in pre]
 
     def estimated(self, cache, ids, positions):
         done = torch.zeros(len(state["prompt"].ids), dtype=torch.bool)
@@ -541,29 +553,21 @@ def shift_stale(mode: str) -> Iterator[None]:
             chosen, stale = body[done[body]], span[~done[span]]
             sk = kind  # lsamplem: lsample where the span has 8 sampled tokens or more, else ratio
             if kind == "lsamplem":
-                sk = "lsample" if stale.numel() >= 8 * max(1, round(1 / (alpha / 100))) else "ratio"
+                sk = "lsample" if stale.numel() >= 8 * step else "ratio"
             if sk in ("sample", "lsample", "hybrid"):  # a uniform sample of the stale tokens, computed only to estimate the mean
-                step = max(1, round(1 / (alpha / 100)))
                 sample, stale = stale[step // 2 :: step], stale[[i for i in range(stale.numel()) if (i - step // 2) % step]]
                 extra.append(sample)
                 if sk == "hybrid":  # the ratio drift from the repair's tokens, plus the sample's local residual from it
-                    allpos, pre = state["pre"]
-                    where = torch.tensor([(allpos == p).nonzero()[0, 0].item() for p in chosen.tolist()])
-                    saved = [(k[:, where], v[:, where]) for k, v in pre]
                     sc = state["sens"][chosen].mean().clamp_min(1e-12)
-                    near = ((stale[:, None] - sample[None, :]).abs() <= 2 * step).float()
-                    near[near.sum(1) == 0] = 1.0
                     if chosen.numel() and stale.numel() and sample.numel():
-                        hybrid.append((chosen, stale, saved, float(state["sens"][stale].mean() / sc), sample,
-                                       (state["sens"][sample] / sc)[None, :, None], near / near.sum(1, keepdim=True),
+                        hybrid.append((chosen, stale, spliced(chosen), float(state["sens"][stale].mean() / sc), sample,
+                                       (state["sens"][sample] / sc)[None, :, None], near_mean(stale, sample, 2 * step),
                                        [(l.keys[0][:, sample].float().clone(), l.values[0][:, sample].float().clone()) for l in cache.layers]))
                     continue
                 chosen = sample
             if chosen.numel() and stale.numel():
                 if sk in ("true", "ratio", "prop", "affine", "local"):
-                    allpos, pre = state["pre"]
-                    where = torch.tensor([(allpos == p).nonzero()[0, 0].item() for p in chosen.tolist()])
-                    saved = [(k[:, where], v[:, where]) for k, v in pre]
+                    saved = spliced(chosen)
                 else:
                     saved = [(l.keys[0][:, chosen].float().clone(), l.values[0][:, chosen].float().clone()) for l in cache.layers]
                 sc, ss = state["sens"][chosen], state["sens"][stale]
@@ -573,14 +577,10 @@ def shift_stale(mode: str) -> Iterator[None]:
                     weight = ss * chosen.numel() / sc.sum().clamp_min(1e-12)
                 else:
                     weight = torch.ones(stale.numel())
-                if sk in ("local", "lsample"):  # each stale token: the mean change of the recomputed ones near it
-                    width = alpha if sk == "local" else 2 * round(100 / alpha)  # lsample: ~4 sampled tokens
-                    near = ((stale[:, None] - chosen[None, :]).abs() <= width).float()
-                    near[near.sum(1) == 0] = 1.0  # none that close: the skill's mean
-                    mix = near / near.sum(1, keepdim=True)
-                else:
-                    mix = torch.full((stale.numel(), chosen.numel()), 1.0 / chosen.numel())
-                groups.append((chosen, stale, saved, weight[None, :, None], mix))
+                # local / lsample: each stale token, the mean change of the recomputed ones near it (lsample:
+                # ~4 sampled tokens); the others the skill's mean
+                width = {"local": alpha, "lsample": 2 * step}.get(sk, math.inf)
+                groups.append((chosen, stale, saved, weight[None, :, None], near_mean(stale, chosen, width)))
 
         if extra:
             positions = torch.cat([positions, *extra]).unique()
