@@ -69,13 +69,11 @@ class ArtifactLookup:
 
     def behind(self, resolved: Resolved, before: list[int], digest: str) -> Resolved:
         """The same skill version compiled behind exactly `before` (the tokens that precede it in the
-        prompt; `digest` their anchor digest) if the registry has it, else `resolved`: a variant
-        compiled for this context (`serve --learn-after`, `compile --system`) splices exactly there,
-        with no repair. One indexed query when the anchor differs; the variant's metadata is parsed
+        prompt, other than `resolved`'s anchor; `digest` their anchor digest) if the registry has it,
+        else `resolved`: a variant compiled for this context (`serve --learn-after`, `compile --system`)
+        splices exactly there, with no repair. One indexed query; the variant's metadata is parsed
         once, from its blob (a version's text does not change, so a mismatch is a rare hostile case)."""
         meta = resolved.meta
-        if meta.anchor_ids == before:
-            return resolved
         row = self.registry.variant(meta.skill, self.lm.fingerprint.digest, meta.version, digest)
         if row is None:
             return resolved
